@@ -1,0 +1,118 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Overrides, Source};
+
+/// Signs Samsung Cloud Platform (SCP) OpenAPI requests so apps never hold the key.
+///
+/// Apps send plain HTTP to the proxy on loopback (e.g. `curl http://127.0.0.1:8080/v1/images`);
+/// it adds Scp-Accesskey, Scp-Timestamp, Scp-Signature and the other SCP headers, pins
+/// Scp-Api-Version per service, checks image-import URLs, and forwards over TLS.
+///
+/// Try it with no cloud account:  scp-auth-proxy --profile dev
+#[derive(Debug, Parser)]
+#[command(name = "scp-auth-proxy", version, propagate_version = true, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SCP_PROXY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  scp-auth-proxy --profile dev                       # local SCP emulator, no account needed
+  scp-auth-proxy --profile prod --config-dir /etc/scp-auth-proxy
+  scp-auth-proxy --config proxy.toml                 # one file alone
+  scp-auth-proxy check-config --profile prod         # validate, print with the secret redacted
+
+Configuration layers, lowest first: built-in defaults < files < environment
+(SCP_PROXY_SERVER__LISTEN=127.0.0.1:8080, `__` between nested keys) < flags.
+The secret comes from SCP_SECRET_KEY or credentials.secret_key_file.
+Log level: RUST_LOG (e.g. RUST_LOG=debug; RUST_LOG=info,access=off silences request lines).";
+
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArgs {
+    /// Read this configuration file alone.
+    #[arg(long, value_name = "FILE", global = true, conflicts_with = "profile")]
+    pub config: Option<PathBuf>,
+
+    /// Read DIR/default.toml, then DIR/NAME.toml (e.g. dev, staging, prod).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub profile: Option<String>,
+
+    /// Where --profile looks for its files.
+    #[arg(long, value_name = "DIR", default_value = "config", global = true)]
+    pub config_dir: PathBuf,
+
+    /// Data-plane listen address (overrides server.listen).
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub listen: Option<SocketAddr>,
+
+    /// Admin listen address for /healthz, /readyz, /metrics (overrides server.admin_listen).
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl ConfigArgs {
+    /// Where to read configuration from; `None` when neither --config nor --profile was given.
+    pub fn source(&self) -> Option<Source> {
+        match (&self.config, &self.profile) {
+            (Some(f), _) => Some(Source::File(f.clone())),
+            (None, Some(p)) => Some(Source::Profile {
+                name: p.clone(),
+                dir: self.config_dir.clone(),
+            }),
+            (None, None) => None,
+        }
+    }
+
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve (the default when no command is given).
+    Serve,
+    /// Validate the configuration and credentials, print the effective config (secret
+    /// redacted); exit 0 when clean, 1 otherwise.
+    CheckConfig,
+    /// Run the built-in SCP emulator alone (an upstream that checks signatures like SCP).
+    Emulator(EmulatorArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18080")]
+    pub emulator_listen: SocketAddr,
+    /// The access key it accepts.
+    #[arg(long, value_name = "KEY", default_value = "emulator-access-key")]
+    pub access_key: String,
+    /// File holding the secret key it accepts (SIGHUP re-reads it).
+    #[arg(long, value_name = "FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// The account id it expects in Scp-AccountId ("" when none is sent).
+    #[arg(long, value_name = "ID", default_value = "")]
+    pub account_id: String,
+}

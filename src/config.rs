@@ -1,0 +1,903 @@
+//! Typed configuration, merged from layers and validated once at load.
+//!
+//! Layers, lowest first: built-in defaults (serde defaults below) < files < environment
+//! (`SCP_PROXY_` prefix, `__` between nested keys) < command-line flags. Unknown keys in files
+//! are errors; environment variables that match no key are ignored, because Kubernetes injects
+//! `SCP_PROXY_PORT`-style service links into every pod. Every error names the key and, where
+//! the value came from a file, that file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Errors found while loading configuration or credentials. Each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("config file {path} could not be read: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{key}`{origin}: {message}")]
+    Invalid {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Credentials(#[from] crate::credentials::CredentialsError),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Load(Box::new(e))
+    }
+}
+
+/// Where configuration files come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// `--config FILE`: that file alone.
+    File(PathBuf),
+    /// `--profile NAME [--config-dir DIR]`: `DIR/default.toml` then `DIR/NAME.toml`.
+    Profile { name: String, dir: PathBuf },
+}
+
+/// Values set on the command line; the highest layer.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+// ---------------------------------------------------------------- raw (as written)
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    credentials: RawCredentials,
+    #[serde(default)]
+    routing: RoutingConfig,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    emulator: EmulatorConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Data plane. Loopback by default: only the pod (or laptop) itself may send.
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_listen: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Keep accepting for this long after SIGTERM, while Kubernetes removes the pod from
+    /// endpoints.
+    #[serde(with = "duration")]
+    pub shutdown_delay: Duration,
+    /// Requests handled at once; above it: 503 `overloaded` with Retry-After.
+    pub max_concurrent_requests: usize,
+    /// Total size of a request's headers.
+    pub max_header_bytes: usize,
+    /// Time a client may take to send its request headers.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections from clients are closed after this.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Largest body read whole on routes the proxy inspects (image import).
+    pub max_inspected_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            shutdown_grace: Duration::from_secs(25),
+            shutdown_delay: Duration::ZERO,
+            max_concurrent_requests: 1024,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            max_inspected_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCredentials {
+    access_key: Option<String>,
+    access_key_file: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
+    account_id: String,
+    client_type: String,
+}
+
+impl Default for RawCredentials {
+    fn default() -> Self {
+        Self {
+            access_key: None,
+            access_key_file: None,
+            secret_key_file: None,
+            account_id: String::new(),
+            client_type: "Openapi".into(),
+        }
+    }
+}
+
+/// `[routing]`
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Service for paths whose first segment names no configured service.
+    pub default_service: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(default)]
+    upstream: Option<String>,
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default = "default_timeout", with = "duration")]
+    timeout: Duration,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow: Option<Vec<String>>,
+    #[serde(default)]
+    allow_unsupported_version: bool,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[emulator]`: the built-in SCP emulator, for the `dev` profile.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmulatorConfig {
+    /// Start the emulator inside the proxy on a loopback port and send every service to it,
+    /// with throwaway credentials shared in memory.
+    pub in_process: bool,
+    /// Where the in-process emulator listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// How long an import takes to go Queued -> Importing -> Active.
+    #[serde(with = "duration")]
+    pub import_delay: Duration,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            in_process: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            import_delay: Duration::from_secs(3),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- validated
+
+/// The validated configuration the proxy runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub credentials: CredentialsConfig,
+    pub routing: RoutingConfig,
+    pub services: Vec<ServiceConfig>,
+    pub emulator: EmulatorConfig,
+    /// Human-readable list of the files that were read, for messages.
+    pub sources: Vec<PathBuf>,
+}
+
+/// `[credentials]`, validated. The secret itself is never part of `Config`.
+#[derive(Clone, Debug)]
+pub struct CredentialsConfig {
+    pub access_key: Option<String>,
+    pub access_key_file: Option<PathBuf>,
+    pub secret_key_file: Option<PathBuf>,
+    pub account_id: String,
+    pub client_type: String,
+}
+
+/// One `[services.NAME]`.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub upstream: Upstream,
+    pub api_version: String,
+    pub region: Option<String>,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub allow: Option<Vec<String>>,
+    pub allow_unsupported_version: bool,
+}
+
+/// `scheme://authority`, kept exactly as written: the signature covers these bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// `scheme://authority`
+    pub base: String,
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("{s:?} is not a URL; write it as https://HOST[:PORT]"))?;
+        let scheme =
+            match scheme {
+                "https" => http::uri::Scheme::HTTPS,
+                "http" => http::uri::Scheme::HTTP,
+                other => return Err(format!(
+                    "scheme {other:?} is not supported; use https (or http for a local emulator)"
+                )),
+            };
+        let authority_str = rest.strip_suffix('/').unwrap_or(rest);
+        if authority_str.is_empty() || authority_str.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "{s:?} must be scheme://host[:port] only, with no path, query or user info"
+            ));
+        }
+        let authority: http::uri::Authority = authority_str
+            .parse()
+            .map_err(|e| format!("{authority_str:?} is not a valid host[:port]: {e}"))?;
+        Ok(Self {
+            base: format!("{scheme}://{authority_str}"),
+            scheme,
+            authority,
+        })
+    }
+
+    /// `<service>.<region>.<env>.samsungsdscloud.com` -> (region, env); global services
+    /// (`iam.<env>...`) give no region.
+    pub fn scp_region_env(&self) -> (Option<String>, Option<String>) {
+        let host = self.authority.host();
+        let Some(prefix) = host.strip_suffix(".samsungsdscloud.com") else {
+            return (None, None);
+        };
+        let labels: Vec<&str> = prefix.split('.').collect();
+        match labels.as_slice() {
+            [_service, region, env] => (Some((*region).into()), Some((*env).into())),
+            [_service, env] => (None, Some((*env).into())),
+            _ => (None, None),
+        }
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
+    }
+}
+
+impl ServiceConfig {
+    /// The SCP environment (`s`, `g`, `e`) when the upstream host tells it.
+    pub fn env(&self) -> Option<String> {
+        self.upstream.scp_region_env().1
+    }
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Points every service at `base` (the in-process emulator).
+    pub fn redirect_upstreams(&mut self, base: &str) -> Result<(), String> {
+        let up = Upstream::parse(base)?;
+        for s in &mut self.services {
+            s.upstream = up.clone();
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Builds the layered figment for `source`.
+pub fn figment(
+    source: &Source,
+    overrides: &Overrides,
+) -> Result<(Figment, Vec<PathBuf>), ConfigError> {
+    let mut fig = Figment::new();
+    let mut files = Vec::new();
+    match source {
+        Source::File(path) => {
+            require_file(path)?;
+            fig = fig.merge(Toml::file_exact(path));
+            files.push(path.clone());
+        }
+        Source::Profile { name, dir } => {
+            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+                return Err(ConfigError::Invalid {
+                    key: "--profile".into(),
+                    origin: String::new(),
+                    message: format!(
+                        "{name:?} is not a profile name; use a file stem in {}",
+                        dir.display()
+                    ),
+                });
+            }
+            let default = dir.join("default.toml");
+            if default.exists() {
+                fig = fig.merge(Toml::file_exact(&default));
+                files.push(default);
+            }
+            let profile = dir.join(format!("{name}.toml"));
+            require_file(&profile)?;
+            fig = fig.merge(Toml::file_exact(&profile));
+            files.push(profile);
+        }
+    }
+    fig = fig
+        .merge(
+            Env::prefixed("SCP_PROXY_")
+                .split("__")
+                .filter(|k| is_known_key(&k.as_str().to_ascii_lowercase())),
+        )
+        .merge(Serialized::default("server", overrides));
+    Ok((fig, files))
+}
+
+fn require_file(path: &Path) -> Result<(), ConfigError> {
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|source| ConfigError::File {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Environment keys the proxy knows (lower-cased and dotted, as figment presents them).
+fn is_known_key(key: &str) -> bool {
+    const SECTIONS: &[(&str, &[&str])] = &[
+        (
+            "server",
+            &[
+                "listen",
+                "admin_listen",
+                "shutdown_grace",
+                "shutdown_delay",
+                "max_concurrent_requests",
+                "max_header_bytes",
+                "header_read_timeout",
+                "idle_timeout",
+                "max_inspected_body_bytes",
+            ],
+        ),
+        (
+            "credentials",
+            &[
+                "access_key",
+                "access_key_file",
+                "secret_key_file",
+                "account_id",
+                "client_type",
+            ],
+        ),
+        ("routing", &["default_service"]),
+        ("emulator", &["in_process", "listen", "import_delay"]),
+    ];
+    const SERVICE_KEYS: &[&str] = &[
+        "upstream",
+        "api_version",
+        "region",
+        "timeout",
+        "ca_file",
+        "allow",
+        "allow_unsupported_version",
+    ];
+    let parts: Vec<&str> = key.split('.').collect();
+    match parts.as_slice() {
+        ["services", name, field] => !name.is_empty() && SERVICE_KEYS.contains(field),
+        [section, field] => SECTIONS
+            .iter()
+            .any(|(s, fields)| s == section && fields.contains(field)),
+        _ => false,
+    }
+}
+
+/// Loads and validates configuration (but not the secret: see `credentials`).
+pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let (fig, files) = figment(source, overrides)?;
+    from_figment(&fig, files)
+}
+
+pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Config, ConfigError> {
+    let raw: RawConfig = fig.extract()?;
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.to_string(),
+        origin: origin_of(fig, key),
+        message,
+    };
+
+    if raw.services.is_empty() {
+        return Err(invalid(
+            "services",
+            "no service is configured; add e.g. [services.virtualserver] with upstream and api_version".into(),
+        ));
+    }
+    let in_process = raw.emulator.in_process;
+    let mut services = Vec::with_capacity(raw.services.len());
+    for (name, s) in raw.services {
+        let key = |field: &str| format!("services.{name}.{field}");
+        if !is_service_name(&name) {
+            return Err(invalid(
+                &format!("services.{name}"),
+                "service names are lower-case letters, digits, '-' and '_'".into(),
+            ));
+        }
+        let upstream = match (&s.upstream, in_process) {
+            (Some(u), _) => Upstream::parse(u).map_err(|m| invalid(&key("upstream"), m))?,
+            // The in-process emulator replaces it at start.
+            (None, true) => Upstream::parse("http://127.0.0.1:1").map_err(|m| invalid(&key("upstream"), m))?,
+            (None, false) => {
+                return Err(invalid(
+                    &key("upstream"),
+                    format!("missing; set it to the service endpoint, e.g. https://{name}.kr-west1.e.samsungsdscloud.com"),
+                ))
+            }
+        };
+        let api_version = s.api_version.ok_or_else(|| {
+            invalid(
+                &key("api_version"),
+                "missing; pin the API version as \"MAJOR.MINOR\", e.g. \"1.3\"".into(),
+            )
+        })?;
+        if !is_major_minor(&api_version) {
+            return Err(invalid(
+                &key("api_version"),
+                format!("{api_version:?} is not MAJOR.MINOR (e.g. \"1.3\")"),
+            ));
+        }
+        let region = s.region.or_else(|| upstream.scp_region_env().0);
+        if let Some(r) = &region {
+            if r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid(
+                    &key("region"),
+                    format!("{r:?} is not a region such as kr-west1"),
+                ));
+            }
+        }
+        if s.timeout.is_zero() {
+            return Err(invalid(&key("timeout"), "must be more than 0s".into()));
+        }
+        if let Some(ca) = &s.ca_file {
+            require_file(ca).map_err(|e| invalid(&key("ca_file"), e.to_string()))?;
+        }
+        services.push(ServiceConfig {
+            name,
+            upstream,
+            api_version,
+            region,
+            timeout: s.timeout,
+            ca_file: s.ca_file,
+            allow: s.allow,
+            allow_unsupported_version: s.allow_unsupported_version,
+        });
+    }
+    if let Some(d) = &raw.routing.default_service {
+        if !services.iter().any(|s| &s.name == d) {
+            return Err(invalid(
+                "routing.default_service",
+                format!(
+                    "{d:?} is not a configured service (configured: {})",
+                    names(&services)
+                ),
+            ));
+        }
+    }
+    let server = raw.server;
+    if server.max_concurrent_requests == 0 {
+        return Err(invalid(
+            "server.max_concurrent_requests",
+            "must be at least 1".into(),
+        ));
+    }
+    if server.max_header_bytes < 1024 {
+        return Err(invalid(
+            "server.max_header_bytes",
+            "must be at least 1024".into(),
+        ));
+    }
+    let c = raw.credentials;
+    if c.client_type.is_empty() || !is_header_safe(&c.client_type) {
+        return Err(invalid(
+            "credentials.client_type",
+            "must be a non-empty printable ASCII string".into(),
+        ));
+    }
+    if !is_header_safe(&c.account_id) {
+        return Err(invalid(
+            "credentials.account_id",
+            "must be printable ASCII".into(),
+        ));
+    }
+    if let Some(ak) = &c.access_key {
+        if !is_header_safe(ak) || ak.is_empty() {
+            return Err(invalid(
+                "credentials.access_key",
+                "must be a non-empty printable ASCII string".into(),
+            ));
+        }
+    }
+    Ok(Config {
+        server,
+        credentials: CredentialsConfig {
+            access_key: c.access_key,
+            access_key_file: c.access_key_file,
+            secret_key_file: c.secret_key_file,
+            account_id: c.account_id,
+            client_type: c.client_type,
+        },
+        routing: raw.routing,
+        services,
+        emulator: raw.emulator,
+        sources,
+    })
+}
+
+/// " (in FILE)" or " (from the environment)" for a key, when figment knows.
+fn origin_of(fig: &Figment, key: &str) -> String {
+    match fig.find_metadata(key) {
+        Some(md) => match &md.source {
+            Some(src) => format!(" (in {src})"),
+            None => format!(" (from {})", md.name),
+        },
+        None => String::new(),
+    }
+}
+
+fn names(services: &[ServiceConfig]) -> String {
+    services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+pub fn is_major_minor(s: &str) -> bool {
+    let Some((a, b)) = s.split_once('.') else {
+        return false;
+    };
+    let num = |x: &str| !x.is_empty() && x.len() <= 4 && x.bytes().all(|c| c.is_ascii_digit());
+    num(a) && num(b)
+}
+
+fn is_header_safe(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Durations written as "30s", "500ms", "2m".
+mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration such as \"30s\" or \"500ms\": {e}"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}
+
+// ---------------------------------------------------------------- display
+
+impl Config {
+    /// The effective configuration as TOML-like text, with no secret in it (the secret is
+    /// not part of `Config`; only where it comes from is shown).
+    pub fn redacted(&self, secret_source: &str) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let s = &self.server;
+        let _ = writeln!(
+            o,
+            "# files: {}",
+            self.sources
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(o, "[server]");
+        let _ = writeln!(o, "listen = \"{}\"", s.listen);
+        let _ = writeln!(o, "admin_listen = \"{}\"", s.admin_listen);
+        let _ = writeln!(
+            o,
+            "shutdown_grace = \"{}\"",
+            humantime::format_duration(s.shutdown_grace)
+        );
+        let _ = writeln!(
+            o,
+            "shutdown_delay = \"{}\"",
+            humantime::format_duration(s.shutdown_delay)
+        );
+        let _ = writeln!(o, "max_concurrent_requests = {}", s.max_concurrent_requests);
+        let _ = writeln!(o, "max_header_bytes = {}", s.max_header_bytes);
+        let _ = writeln!(
+            o,
+            "header_read_timeout = \"{}\"",
+            humantime::format_duration(s.header_read_timeout)
+        );
+        let _ = writeln!(
+            o,
+            "idle_timeout = \"{}\"",
+            humantime::format_duration(s.idle_timeout)
+        );
+        let _ = writeln!(
+            o,
+            "max_inspected_body_bytes = {}",
+            s.max_inspected_body_bytes
+        );
+        let c = &self.credentials;
+        let _ = writeln!(o, "\n[credentials]");
+        if let Some(ak) = &c.access_key {
+            let _ = writeln!(o, "access_key = \"{ak}\"");
+        }
+        if let Some(f) = &c.access_key_file {
+            let _ = writeln!(o, "access_key_file = \"{}\"", f.display());
+        }
+        let _ = writeln!(o, "secret_key = \"<redacted>\"  # from {secret_source}");
+        let _ = writeln!(o, "account_id = \"{}\"", c.account_id);
+        let _ = writeln!(o, "client_type = \"{}\"", c.client_type);
+        let _ = writeln!(o, "\n[routing]");
+        if let Some(d) = &self.routing.default_service {
+            let _ = writeln!(o, "default_service = \"{d}\"");
+        }
+        for svc in &self.services {
+            let _ = writeln!(o, "\n[services.{}]", svc.name);
+            if self.emulator.in_process {
+                let _ = writeln!(o, "upstream = \"(in-process emulator)\"");
+            } else {
+                let _ = writeln!(o, "upstream = \"{}\"", svc.upstream.base);
+            }
+            let _ = writeln!(o, "api_version = \"{}\"", svc.api_version);
+            if let Some(r) = &svc.region {
+                let _ = writeln!(o, "region = \"{r}\"");
+            }
+            let _ = writeln!(
+                o,
+                "timeout = \"{}\"",
+                humantime::format_duration(svc.timeout)
+            );
+            if let Some(ca) = &svc.ca_file {
+                let _ = writeln!(o, "ca_file = \"{}\"", ca.display());
+            }
+            if let Some(a) = &svc.allow {
+                let _ = writeln!(o, "allow = {a:?}");
+            }
+            if svc.allow_unsupported_version {
+                let _ = writeln!(o, "allow_unsupported_version = true");
+            }
+        }
+        if self.emulator.in_process {
+            let _ = writeln!(o, "\n[emulator]\nin_process = true");
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+// figment::Jail's closure error type is figment's large Error; fine in tests.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    const BASE: &str = r#"
+        [credentials]
+        access_key = "ak"
+        [routing]
+        default_service = "virtualserver"
+        [services.virtualserver]
+        upstream = "https://virtualserver.kr-west1.e.samsungsdscloud.com"
+        api_version = "1.3"
+    "#;
+
+    fn profile(jail: &Jail, name: &str) -> Result<Config, ConfigError> {
+        load(
+            &Source::Profile {
+                name: name.into(),
+                dir: jail.directory().join("config"),
+            },
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn layers_defaults_files_env_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file("config/default.toml", BASE)?;
+            jail.create_file(
+                "config/staging.toml",
+                "[server]\nlisten = \"127.0.0.1:7000\"\nadmin_listen = \"127.0.0.1:7001\"\n[credentials]\naccount_id = \"acct\"\n",
+            )?;
+            // defaults < files
+            let c = profile(jail, "staging").unwrap();
+            assert_eq!(c.server.listen.port(), 7000);
+            assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
+            assert_eq!(c.credentials.account_id, "acct");
+            assert_eq!(c.credentials.client_type, "Openapi");
+            let vs = c.service("virtualserver").unwrap();
+            assert_eq!(vs.region.as_deref(), Some("kr-west1"));
+            assert_eq!(vs.env().as_deref(), Some("e"));
+            assert_eq!(vs.timeout, Duration::from_secs(30));
+            // files < env; unrelated SCP_PROXY_ variables are ignored
+            jail.set_env("SCP_PROXY_SERVER__LISTEN", "127.0.0.1:7100");
+            jail.set_env("SCP_PROXY_SERVICES__VIRTUALSERVER__TIMEOUT", "5s");
+            jail.set_env("SCP_PROXY_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("SCP_PROXY_SERVICE_HOST", "10.0.0.1");
+            let c = profile(jail, "staging").unwrap();
+            assert_eq!(c.server.listen.port(), 7100);
+            assert_eq!(
+                c.service("virtualserver").unwrap().timeout,
+                Duration::from_secs(5)
+            );
+            // env < flags
+            let c = load(
+                &Source::Profile {
+                    name: "staging".into(),
+                    dir: jail.directory().join("config"),
+                },
+                &Overrides {
+                    listen: Some("127.0.0.1:7200".parse().unwrap()),
+                    admin_listen: None,
+                },
+            )
+            .unwrap();
+            assert_eq!(c.server.listen.port(), 7200);
+            assert_eq!(c.server.admin_listen.port(), 7001);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn default_listen_is_loopback() {
+        let s = ServerConfig::default();
+        assert!(s.listen.ip().is_loopback());
+        assert!(s.admin_listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn unknown_file_key_names_key_and_file() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file("config/default.toml", BASE)?;
+            jail.create_file("config/bad.toml", "[server]\nlisen = \"127.0.0.1:1\"\n")?;
+            let err = profile(jail, "bad").unwrap_err().to_string();
+            assert!(err.contains("lisen"), "{err}");
+            assert!(err.contains("bad.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_name_key_and_file() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file("config/default.toml", BASE)?;
+            for (body, key) in [
+                (
+                    "[services.virtualserver]\napi_version = \"v1.3\"\n",
+                    "services.virtualserver.api_version",
+                ),
+                (
+                    "[services.virtualserver]\nupstream = \"https://h/v1\"\n",
+                    "services.virtualserver.upstream",
+                ),
+                (
+                    "[services.virtualserver]\nupstream = \"ftp://h\"\n",
+                    "services.virtualserver.upstream",
+                ),
+                (
+                    "[routing]\ndefault_service = \"nope\"\n",
+                    "routing.default_service",
+                ),
+                ("[services.virtualserver]\ntimeout = \"soon\"\n", "timeout"),
+            ] {
+                jail.create_file("config/p.toml", body)?;
+                let err = profile(jail, "p").unwrap_err().to_string();
+                assert!(err.contains(key), "{body}: {err}");
+                assert!(
+                    err.contains("p.toml") || err.contains("default.toml"),
+                    "{body}: {err}"
+                );
+            }
+            jail.create_file(
+                "config/q.toml",
+                "[services.vpc]\nupstream = \"https://vpc.kr-west1.e.samsungsdscloud.com\"\n",
+            )?;
+            let err = profile(jail, "q").unwrap_err().to_string();
+            assert!(err.contains("services.vpc.api_version"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_profile_file_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            let err = profile(jail, "nosuch").unwrap_err().to_string();
+            assert!(err.contains("nosuch.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn upstream_kept_exactly_as_written() {
+        let u =
+            Upstream::parse("https://Virtualserver.kr-west1.e.samsungsdscloud.com:443").unwrap();
+        assert_eq!(
+            u.base,
+            "https://Virtualserver.kr-west1.e.samsungsdscloud.com:443"
+        );
+        let u = Upstream::parse("http://127.0.0.1:8081/").unwrap();
+        assert_eq!(u.base, "http://127.0.0.1:8081");
+        assert!(u.is_loopback());
+        assert!(Upstream::parse("https://user@h").is_err());
+        assert!(Upstream::parse("https://h?x").is_err());
+        assert!(Upstream::parse("h:443").is_err());
+        let iam = Upstream::parse("https://iam.s.samsungsdscloud.com").unwrap();
+        assert_eq!(iam.scp_region_env(), (None, Some("s".into())));
+    }
+
+    #[test]
+    fn major_minor() {
+        for ok in ["1.3", "10.0", "0.1"] {
+            assert!(is_major_minor(ok), "{ok}");
+        }
+        for bad in ["v1.3", "1", "1.3.0", "1.", ".3", " 1.3", "1.a"] {
+            assert!(!is_major_minor(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The proxy's own answers. Every error a layer raises is one of these; [`Rescue`] turns them
+//! into `{"code": "...", "message": "..."}` responses in one place.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use tower::{Layer, Service};
+
+use crate::body::Body;
+use crate::policy::PolicyError;
+
+/// Errors raised on a request's way through the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request target must be a path (origin form, e.g. `/v1/images`); the proxy chooses the upstream, not the client")]
+    AbsoluteForm,
+    #[error(
+        "CONNECT is not supported: send plain HTTP requests to the proxy, which opens TLS itself"
+    )]
+    Connect,
+    #[error("no service for path {path:?}: start the path with a configured service ({known}) or set routing.default_service")]
+    NoRoute { path: String, known: String },
+    #[error(
+        "too many requests in flight (server.max_concurrent_requests = {limit}); retry shortly"
+    )]
+    Overloaded { limit: usize },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Failures talking to the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to {upstream} for service {service}: {source}")]
+    Unreachable {
+        service: String,
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("the request to {upstream} for service {service} failed: {source}")]
+    Failed {
+        service: String,
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{upstream} (service {service}) sent no response headers within {timeout:?} (services.{service}.timeout)")]
+    Timeout {
+        service: String,
+        upstream: String,
+        timeout: std::time::Duration,
+    },
+}
+
+impl From<Infallible> for ProxyError {
+    fn from(e: Infallible) -> Self {
+        match e {}
+    }
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::AbsoluteForm => StatusCode::BAD_REQUEST,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Policy(p) => p.status(),
+            ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The stable `code` in the JSON body (listed in the README).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::AbsoluteForm => "absolute_form_target",
+            ProxyError::Connect => "connect_not_supported",
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::Policy(p) => p.code(),
+            ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
+            ProxyError::Upstream(UpstreamError::Failed { .. }) => "upstream_error",
+            ProxyError::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
+        }
+    }
+
+    /// The message, with the error's causes appended (they say *why* a connect failed).
+    pub fn message(&self) -> String {
+        let mut m = self.to_string();
+        let mut src = std::error::Error::source(self);
+        // `transparent` variants share their inner error's Display; skip the first source then.
+        if matches!(self, ProxyError::Policy(_) | ProxyError::Upstream(_)) {
+            src = src.and_then(std::error::Error::source);
+        }
+        while let Some(e) = src {
+            let s = e.to_string();
+            if !m.contains(&s) {
+                m.push_str(": ");
+                m.push_str(&s);
+            }
+            src = e.source();
+        }
+        m
+    }
+
+    pub fn to_response(&self) -> Response<Body> {
+        json_error(
+            self.status(),
+            self.code(),
+            &self.message(),
+            self.retry_after(),
+        )
+    }
+
+    fn retry_after(&self) -> Option<u32> {
+        matches!(self, ProxyError::Overloaded { .. }).then_some(1)
+    }
+}
+
+/// The code of a proxy-made response, kept in its extensions for logs and metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
+/// A proxy-made JSON error response.
+pub fn json_error(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+    retry_after: Option<u32>,
+) -> Response<Body> {
+    let body = serde_json::json!({ "code": code, "message": message });
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(s) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp.extensions_mut().insert(ErrorCode(code));
+    resp
+}
+
+/// Turns every [`ProxyError`] into its JSON response. The one place errors become HTTP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RescueLayer;
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescue { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Rescue<S> {
+    inner: S,
+}
+
+impl<S, Req> Service<Req> for Rescue<S>
+where
+    S: Service<Req, Response = Response<Body>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            Ok(match fut.await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    if e.status().is_server_error() {
+                        tracing::warn!(code = e.code(), error = %e.message(), "request failed");
+                    } else {
+                        tracing::debug!(code = e.code(), error = %e.message(), "request rejected");
+                    }
+                    e.to_response()
+                }
+            })
+        })
+    }
+}

@@ -1,0 +1,215 @@
+//! Request tracing: a request id on every request and response, one log line per request, and
+//! the request metrics.
+//!
+//! Guarantees: an incoming `X-Request-Id` is kept (else one is generated), forwarded upstream
+//! and returned on the response; one `access` log line per request with method, service, path,
+//! status, upstream latency and request id. No header values other than the request id are
+//! logged, so `Scp-Signature` and credentials never reach the log.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
+use tower::{Layer, Service};
+
+use crate::error::ErrorCode;
+use crate::forward::UpstreamLatency;
+use crate::metrics::{CodeLabel, Metrics, RequestLabels, ServiceLabel};
+use crate::route::Routed;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Clone, Debug)]
+pub struct TraceLayer {
+    metrics: Metrics,
+}
+
+impl TraceLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Trace {
+            metrics: self.metrics.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Trace<S> {
+    metrics: Metrics,
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for Trace<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = TraceFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
+            _ => {
+                let id = new_request_id();
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        self.metrics.in_flight.inc();
+        // Cheap clones (reference counts): the client's method and target, for the log line.
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        TraceFuture {
+            inner: self.inner.call(req),
+            state: Some(State {
+                metrics: self.metrics.clone(),
+                method,
+                uri,
+                id,
+                started: Instant::now(),
+            }),
+        }
+    }
+}
+
+struct State {
+    metrics: Metrics,
+    method: Method,
+    uri: Uri,
+    id: HeaderValue,
+    started: Instant,
+}
+
+pin_project_lite::pin_project! {
+    pub struct TraceFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<State>,
+    }
+}
+
+impl<F, RB, E> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(out) => out,
+        };
+        let Some(state) = this.state.take() else {
+            return Poll::Ready(out);
+        };
+        state.metrics.in_flight.dec();
+        let Ok(mut resp) = out else {
+            return Poll::Ready(out);
+        };
+        let status = resp.status();
+        let service = resp
+            .extensions()
+            .get::<Routed>()
+            .map(|r| r.target.name().to_owned());
+        let latency = resp.extensions().get::<UpstreamLatency>().map(|l| l.0);
+        if let (Some(svc), Some(lat)) = (&service, latency) {
+            state
+                .metrics
+                .upstream_latency
+                .get_or_create(&ServiceLabel {
+                    service: svc.clone(),
+                })
+                .observe(lat.as_secs_f64());
+        }
+        if let Some(code) = resp.extensions().get::<ErrorCode>() {
+            state
+                .metrics
+                .rejections
+                .get_or_create(&CodeLabel { code: code.0 })
+                .inc();
+        }
+        state
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                service: service.clone().unwrap_or_else(|| "-".into()),
+                method: state.method.as_str().to_owned(),
+                status_class: status_class(status.as_u16()),
+            })
+            .inc();
+        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            tracing::info!(
+                target: "access",
+                request_id = %String::from_utf8_lossy(state.id.as_bytes()),
+                method = %state.method,
+                service = service.as_deref().unwrap_or("-"),
+                path = state.uri.path(),
+                status = status.as_u16(),
+                upstream_ms = latency.map(|l| l.as_secs_f64() * 1e3),
+                total_ms = state.started.elapsed().as_secs_f64() * 1e3,
+                error_code = resp.extensions().get::<ErrorCode>().map(|c| c.0),
+            );
+        }
+        resp.headers_mut().insert(X_REQUEST_ID, state.id);
+        Poll::Ready(Ok(resp))
+    }
+}
+
+fn status_class(s: u16) -> &'static str {
+    match s {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A unique id: a random per-process prefix and a counter.
+fn new_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        h.finish() as u32
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let s = format!("{prefix:08x}-{n:012x}");
+    HeaderValue::from_str(&s).unwrap_or_else(|_| unreachable!("hex is a valid header value"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_unique() {
+        let a = super::new_request_id();
+        let b = super::new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 21);
+    }
+}

@@ -1,0 +1,155 @@
+//! scp-auth-proxy: a sidecar that signs Samsung Cloud Platform OpenAPI requests.
+//!
+//! [`start`] runs the real data plane and admin listener in-process; `main.rs` only parses the
+//! command line, loads configuration and waits for signals.
+
+pub mod app;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod forward;
+pub mod layers;
+pub mod metrics;
+pub mod policy;
+pub mod route;
+pub mod server;
+pub mod signer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::credentials::{CredentialStore, Credentials};
+use crate::metrics::Metrics;
+use crate::server::{Admin, Health};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] forward::TlsSetupError),
+    #[error("invalid service configuration: {0}")]
+    Routes(String),
+}
+
+/// A running proxy: both listeners bound and serving.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub health: Arc<Health>,
+    pub credentials: CredentialStore,
+    pub metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<bool>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown: readiness turns 503, then (after `shutdown_delay`) the
+    /// listener closes and in-flight requests get up to `shutdown_grace` to finish.
+    pub fn shutdown(&self) {
+        self.health.set_draining();
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until serving has stopped; true when every request finished within the grace.
+    pub async fn wait(self) -> bool {
+        self.task.await.unwrap_or(false)
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, key, source })
+}
+
+/// Binds and starts serving `config` with `credentials`.
+pub async fn start(config: Config, credentials: Credentials) -> Result<Running, StartError> {
+    let metrics = Metrics::new();
+    metrics.set_key_loaded(credentials.loaded_at);
+    let store = CredentialStore::new(credentials);
+    let routes = route::Routes::new(&config).map_err(StartError::Routes)?;
+    let service = app::proxy_service(app::ProxyParts {
+        routes,
+        credentials: store.clone(),
+        metrics: metrics.clone(),
+        max_concurrent_requests: config.server.max_concurrent_requests,
+    })?;
+    let listener = bind(config.server.listen, "server.listen").await?;
+    let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        key: "server.listen",
+        source,
+    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.server.admin_listen,
+            key: "server.admin_listen",
+            source,
+        })?;
+    let health = Arc::new(Health::default());
+    let (tx, rx) = watch::channel(false);
+
+    let admin = Admin {
+        health: health.clone(),
+        metrics: metrics.clone(),
+    };
+    let server_cfg = config.server.clone();
+    let admin_cfg = config.server.clone();
+    let admin_rx = rx.clone();
+    // The admin listener outlives the data plane's drain so /readyz can say 503 meanwhile.
+    let admin_task = tokio::spawn(async move {
+        server::serve(
+            admin_listener,
+            admin,
+            &admin_cfg,
+            wait_true(admin_rx),
+            std::time::Duration::from_secs(1),
+        )
+        .await
+    });
+    let delay = config.server.shutdown_delay;
+    let grace = config.server.shutdown_grace;
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            wait_true(rx).await;
+            // Keep accepting while Kubernetes removes the pod from its endpoints.
+            tokio::time::sleep(delay).await;
+        };
+        let drained = server::serve(listener, service, &server_cfg, shutdown, grace).await;
+        if !drained {
+            tracing::warn!(grace = ?grace, "shutdown grace ran out with requests still in flight");
+        }
+        admin_task.abort();
+        drained
+    });
+    health.set_ready();
+    tracing::info!(%addr, %admin_addr, "serving");
+    Ok(Running {
+        addr,
+        admin_addr,
+        health,
+        credentials: store,
+        metrics,
+        shutdown: tx,
+        task,
+    })
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

@@ -1,0 +1,118 @@
+//! CLI dispatch and exit codes: 0 clean, 1 bad config or credentials, 2 bad usage (clap).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use scp_auth_proxy::cli::{Cli, Command, LogFormat};
+use scp_auth_proxy::config::{self, Config};
+use scp_auth_proxy::credentials::{Credentials, SECRET_ENV};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match &cli.command {
+        Some(Command::CheckConfig) => check_config(&cli),
+        Some(Command::Emulator(_)) => {
+            eprintln!("error: the emulator is not built into this binary yet");
+            ExitCode::from(1)
+        }
+        Some(Command::Serve) | None => serve(&cli),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(1)
+}
+
+fn load(cli: &Cli) -> Result<Config, ExitCode> {
+    let Some(source) = cli.config.source() else {
+        return Err(fail(
+            "say which configuration to use: --profile NAME (e.g. --profile dev) or --config FILE",
+        ));
+    };
+    config::load(&source, &cli.config.overrides()).map_err(fail)
+}
+
+fn secret_env() -> Option<String> {
+    std::env::var(SECRET_ENV).ok()
+}
+
+fn check_config(cli: &Cli) -> ExitCode {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let source = if cfg.emulator.in_process {
+        "the in-process emulator's throwaway key".to_owned()
+    } else {
+        match Credentials::load(&cfg.credentials, secret_env().as_deref()) {
+            Ok(c) => c.secret_source.clone(),
+            Err(e) => return fail(e),
+        }
+    };
+    print!("{}", cfg.redacted(&source));
+    ExitCode::SUCCESS
+}
+
+fn serve(cli: &Cli) -> ExitCode {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let creds = match Credentials::load(&cfg.credentials, secret_env().as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async move {
+        let running = match scp_auth_proxy::start(cfg, creds).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        running.shutdown();
+        tokio::select! {
+            drained = running.wait() => if drained { ExitCode::SUCCESS } else { ExitCode::from(1) },
+            () = wait_for_signal() => {
+                tracing::warn!("second signal: exiting at once");
+                ExitCode::from(130)
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can only be killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

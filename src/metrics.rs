@@ -1,0 +1,163 @@
+//! Prometheus metrics, all named `scp_auth_proxy_*` (listed in the README).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub service: String,
+    pub method: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub service: String,
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+/// Every metric the proxy exports. Cheap to clone (each metric is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_latency: Family<ServiceLabel, Histogram>,
+    pub rejections: Family<CodeLabel, Counter>,
+    pub in_flight: Gauge,
+    pub credential_reloads: Family<ResultLabel, Counter>,
+    /// Unix seconds when the key pair in use was loaded; key age = now - this.
+    pub key_loaded_unix: Gauge<f64, AtomicU64>,
+    /// Days until the pinned version's last supported day (negative: past it).
+    pub version_days_left: Family<ServiceLabel, Gauge>,
+    /// Requests by allowlist rule that matched (or "none" for refused).
+    pub allowlist: Family<RuleLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("scp_auth_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "requests",
+            "Requests answered, by service, method and status class",
+            requests.clone(),
+        );
+        let upstream_latency = Family::<ServiceLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        r.register(
+            "upstream_latency_seconds",
+            "Time until the upstream's response headers arrived",
+            upstream_latency.clone(),
+        );
+        let rejections = Family::<CodeLabel, Counter>::default();
+        r.register(
+            "rejections",
+            "Responses the proxy made itself, by error code",
+            rejections.clone(),
+        );
+        let in_flight = Gauge::default();
+        r.register(
+            "in_flight_requests",
+            "Requests being handled now",
+            in_flight.clone(),
+        );
+        let credential_reloads = Family::<ResultLabel, Counter>::default();
+        r.register(
+            "credential_reloads",
+            "Key pair reloads, by result (ok, failed)",
+            credential_reloads.clone(),
+        );
+        let key_loaded_unix = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "key_loaded_timestamp_seconds",
+            "Unix time the key pair in use was loaded (key age = time() - this)",
+            key_loaded_unix.clone(),
+        );
+        let version_days_left = Family::<ServiceLabel, Gauge>::default();
+        r.register(
+            "api_version_days_left",
+            "Days until the pinned API version's last supported day; negative once past it",
+            version_days_left.clone(),
+        );
+        let allowlist = Family::<RuleLabel, Counter>::default();
+        r.register(
+            "allowlist_decisions",
+            "Requests by the allowlist rule that matched (\"none\": refused)",
+            allowlist.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "Build information", build);
+        Self {
+            registry: Arc::new(r),
+            requests,
+            upstream_latency,
+            rejections,
+            in_flight,
+            credential_reloads,
+            key_loaded_unix,
+            version_days_left,
+            allowlist,
+        }
+    }
+
+    pub fn set_key_loaded(&self, at: std::time::SystemTime) {
+        let secs = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.key_loaded_unix.set(secs);
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
