@@ -1,0 +1,277 @@
+//! Test support: a recording upstream that re-checks every signature from what it received,
+//! a proxy started in-process on 127.0.0.1:0, and small HTTP client helpers.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use scp_auth_proxy::config::{self, Config, Overrides, Source};
+use scp_auth_proxy::credentials::Credentials;
+
+pub const SECRET: &str = "test-secret-Ω-key";
+pub const ACCESS_KEY: &str = "test-access-key";
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    /// The raw request target (path and query) exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    /// The body (uploads to /v1/upload are counted, not kept).
+    pub body: Bytes,
+    pub body_len: u64,
+    /// Whether reading the whole body succeeded (false: the proxy aborted it).
+    pub body_complete: bool,
+    /// The signature recomputed here from what arrived matched `Scp-Signature`.
+    pub signature_ok: bool,
+}
+
+/// A plain-HTTP upstream on 127.0.0.1:0 that records requests. Behaviour by path:
+/// `/v1/status/{code}` answers that status; `/v1/slow/{ms}` waits first; `/v1/upload` counts
+/// the body without keeping it; anything else answers 200 with a small JSON body.
+#[derive(Clone)]
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+    secret: Arc<Vec<u8>>,
+}
+
+impl RecordingUpstream {
+    pub async fn start(secret: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Self {
+            addr,
+            seen: Arc::default(),
+            secret: Arc::new(secret.as_bytes().to_vec()),
+        };
+        let me = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let me = me.clone();
+                        async move { Ok::<_, Infallible>(me.handle(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        up
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, mut body) = req.into_parts();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        let keep = !parts.uri.path().starts_with("/v1/upload");
+        let mut buf = Vec::new();
+        let mut len = 0u64;
+        let mut complete = true;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        len += d.len() as u64;
+                        if keep {
+                            buf.extend_from_slice(d);
+                        }
+                    }
+                }
+                Err(_) => {
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        let signature_ok = self.verify(parts.method.as_str(), &target, &parts.headers);
+        self.seen.lock().unwrap().push(Recorded {
+            method: parts.method.to_string(),
+            target: target.clone(),
+            headers: parts.headers.clone(),
+            body: Bytes::from(buf),
+            body_len: len,
+            body_complete: complete,
+            signature_ok,
+        });
+        let path = parts.uri.path();
+        if let Some(code) = path.strip_prefix("/v1/status/") {
+            let code: u16 = code.parse().unwrap_or(500);
+            return Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .header("x-upstream", "yes")
+                .body(Full::new(Bytes::from(format!(
+                    "{{\"errors\":[{{\"status\":{code}}}]}}"
+                ))))
+                .unwrap();
+        }
+        if let Some(ms) = path.strip_prefix("/v1/slow/") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+        }
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .header("connection", "keep-alive")
+            .header("keep-alive", "timeout=5")
+            .body(Full::new(Bytes::from(format!("{{\"received\":{len}}}"))))
+            .unwrap()
+    }
+
+    /// Recomputes the signature from what arrived: `http://` + Host + raw target.
+    fn verify(&self, method: &str, target: &str, h: &HeaderMap) -> bool {
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let url = format!("http://{}{}", get("host"), target);
+        let msg = format!(
+            "{method}{url}{}{}{}{}",
+            get("scp-timestamp"),
+            get("scp-accesskey"),
+            get("scp-accountid"),
+            get("scp-clienttype")
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).unwrap();
+        mac.update(msg.as_bytes());
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        expected == get("scp-signature")
+    }
+}
+
+/// Writes `toml` to a temp file and loads it as `--config FILE` would.
+pub fn config_from(toml: &str) -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, toml).unwrap();
+    let cfg = config::load(&Source::File(path), &Overrides::default()).unwrap();
+    (cfg, dir)
+}
+
+/// A config with one default service `virtualserver` pointing at `upstream`.
+pub fn basic_toml(upstream: &str, account_id: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[credentials]
+access_key = "{ACCESS_KEY}"
+account_id = "{account_id}"
+[routing]
+default_service = "virtualserver"
+[services.virtualserver]
+upstream = "{upstream}"
+api_version = "1.3"
+region = "kr-west1"
+{extra}
+"#
+    )
+}
+
+pub fn credentials(cfg: &Config) -> Credentials {
+    Credentials::from_parts(
+        ACCESS_KEY,
+        SECRET.as_bytes(),
+        &cfg.credentials.account_id,
+        &cfg.credentials.client_type,
+        "test",
+    )
+    .unwrap()
+}
+
+pub async fn start_proxy(cfg: Config) -> scp_auth_proxy::Running {
+    let creds = credentials(&cfg);
+    scp_auth_proxy::start(cfg, creds).await.unwrap()
+}
+
+/// Sends raw bytes and reads the whole answer until the server closes.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>,
+>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn body(
+    b: impl Into<Bytes>,
+) -> http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// Sends a request, returns status, headers and the whole body.
+pub async fn send(
+    client: &Client,
+    req: Request<
+        http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>,
+    >,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+pub fn get(
+    addr: SocketAddr,
+    target: &str,
+) -> Request<http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>>
+{
+    Request::get(format!("http://{addr}{target}"))
+        .body(body(Bytes::new()))
+        .unwrap()
+}
+
+/// Parses a proxy-made JSON error and returns its code.
+pub fn error_code(body: &Bytes) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message: {v}"
+    );
+    v["code"].as_str().unwrap_or_default().to_owned()
+}
