@@ -115,7 +115,7 @@ impl Default for ServerConfig {
             shutdown_delay: Duration::ZERO,
             max_concurrent_requests: 1024,
             max_header_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             max_inspected_body_bytes: 64 * 1024,
         }
@@ -125,6 +125,9 @@ impl Default for ServerConfig {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawCredentials {
+    /// How often key files are checked for changes ("0s": only on SIGHUP).
+    #[serde(with = "duration")]
+    watch_interval: Duration,
     access_key: Option<String>,
     access_key_file: Option<PathBuf>,
     secret_key_file: Option<PathBuf>,
@@ -135,6 +138,7 @@ struct RawCredentials {
 impl Default for RawCredentials {
     fn default() -> Self {
         Self {
+            watch_interval: Duration::from_secs(2),
             access_key: None,
             access_key_file: None,
             secret_key_file: None,
@@ -216,6 +220,8 @@ pub struct Config {
 /// `[credentials]`, validated. The secret itself is never part of `Config`.
 #[derive(Clone, Debug)]
 pub struct CredentialsConfig {
+    /// How often key files are checked for changes (zero: only on SIGHUP).
+    pub watch_interval: Duration,
     pub access_key: Option<String>,
     pub access_key_file: Option<PathBuf>,
     pub secret_key_file: Option<PathBuf>,
@@ -250,14 +256,15 @@ impl Upstream {
         let (scheme, rest) = s
             .split_once("://")
             .ok_or_else(|| format!("{s:?} is not a URL; write it as https://HOST[:PORT]"))?;
-        let scheme =
-            match scheme {
-                "https" => http::uri::Scheme::HTTPS,
-                "http" => http::uri::Scheme::HTTP,
-                other => return Err(format!(
+        let scheme = match scheme {
+            "https" => http::uri::Scheme::HTTPS,
+            "http" => http::uri::Scheme::HTTP,
+            other => {
+                return Err(format!(
                     "scheme {other:?} is not supported; use https (or http for a local emulator)"
-                )),
-            };
+                ))
+            }
+        };
         let authority_str = rest.strip_suffix('/').unwrap_or(rest);
         if authority_str.is_empty() || authority_str.contains(['/', '?', '#', '@']) {
             return Err(format!(
@@ -561,6 +568,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
     Ok(Config {
         server,
         credentials: CredentialsConfig {
+            watch_interval: c.watch_interval,
             access_key: c.access_key,
             access_key_file: c.access_key_file,
             secret_key_file: c.secret_key_file,
@@ -689,6 +697,11 @@ impl Config {
         let _ = writeln!(o, "secret_key = \"<redacted>\"  # from {secret_source}");
         let _ = writeln!(o, "account_id = \"{}\"", c.account_id);
         let _ = writeln!(o, "client_type = \"{}\"", c.client_type);
+        let _ = writeln!(
+            o,
+            "watch_interval = \"{}\"",
+            humantime::format_duration(c.watch_interval)
+        );
         let _ = writeln!(o, "\n[routing]");
         if let Some(d) = &self.routing.default_service {
             let _ = writeln!(o, "default_service = \"{d}\"");

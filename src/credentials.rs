@@ -207,6 +207,7 @@ mod tests {
 
     fn cfg(dir: &Path) -> CredentialsConfig {
         CredentialsConfig {
+            watch_interval: std::time::Duration::ZERO,
             access_key: Some("ak".into()),
             access_key_file: None,
             secret_key_file: Some(dir.join("secret")),

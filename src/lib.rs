@@ -14,6 +14,7 @@ pub mod forward;
 pub mod layers;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod signer;
@@ -108,6 +109,7 @@ pub async fn start(config: Config, credentials: Credentials) -> Result<Running, 
     let admin = Admin {
         health: health.clone(),
         metrics: metrics.clone(),
+        credentials: store.clone(),
     };
     let server_cfg = config.server.clone();
     let admin_cfg = config.server.clone();

@@ -25,7 +25,8 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -83,16 +84,28 @@ fn serve(cli: &Cli) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
+    let watch_interval = cfg.credentials.watch_interval;
     rt.block_on(async move {
         let running = match scp_auth_proxy::start(cfg, creds).await {
             Ok(r) => r,
             Err(e) => return fail(e),
         };
+        if let Some(source) = cli.config.source() {
+            let reloader = scp_auth_proxy::reload::Reloader {
+                source,
+                overrides: cli.config.overrides(),
+                secret_env: secret_env(),
+                store: running.credentials.clone(),
+                metrics: running.metrics.clone(),
+            };
+            scp_auth_proxy::reload::spawn(reloader, watch_interval);
+        }
         wait_for_signal().await;
         tracing::info!("shutting down: draining in-flight requests");
         running.shutdown();
         tokio::select! {
-            drained = running.wait() => if drained { ExitCode::SUCCESS } else { ExitCode::from(1) },
+            // Requests still running when the grace ran out were logged; the stop itself is normal.
+            _drained = running.wait() => ExitCode::SUCCESS,
             () = wait_for_signal() => {
                 tracing::warn!("second signal: exiting at once");
                 ExitCode::from(130)

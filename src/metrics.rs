@@ -54,6 +54,8 @@ pub struct Metrics {
     pub credential_reloads: Family<ResultLabel, Counter>,
     /// Unix seconds when the key pair in use was loaded; key age = now - this.
     pub key_loaded_unix: Gauge<f64, AtomicU64>,
+    /// Age of the key pair in use, refreshed at every scrape.
+    pub key_age_seconds: Gauge<f64, AtomicU64>,
     /// Days until the pinned version's last supported day (negative: past it).
     pub version_days_left: Family<ServiceLabel, Gauge>,
     /// Requests by allowlist rule that matched (or "none" for refused).
@@ -113,6 +115,12 @@ impl Metrics {
             "Unix time the key pair in use was loaded (key age = time() - this)",
             key_loaded_unix.clone(),
         );
+        let key_age_seconds = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "key_age_seconds",
+            "Seconds since the key pair in use was loaded",
+            key_age_seconds.clone(),
+        );
         let version_days_left = Family::<ServiceLabel, Gauge>::default();
         r.register(
             "api_version_days_left",
@@ -140,6 +148,7 @@ impl Metrics {
             in_flight,
             credential_reloads,
             key_loaded_unix,
+            key_age_seconds,
             version_days_left,
             allowlist,
         }

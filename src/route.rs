@@ -256,6 +256,7 @@ mod tests {
         let cfg = Config {
             server: Default::default(),
             credentials: crate::config::CredentialsConfig {
+                watch_interval: std::time::Duration::ZERO,
                 access_key: None,
                 access_key_file: None,
                 secret_key_file: None,

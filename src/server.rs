@@ -2,9 +2,12 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -12,9 +15,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
@@ -51,8 +55,10 @@ fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish for up to `grace`. Returns whether every connection drained.
+/// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, asks every
+/// connection to close once its in-flight requests are answered, and waits up to `grace` for
+/// them. Returns whether every connection finished in time. A connection with no bytes read
+/// or written for `server.idle_timeout` is closed the same graceful way.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
@@ -71,7 +77,10 @@ where
     S::Future: Send + 'static,
 {
     let builder = Arc::new(builder(cfg));
-    let graceful = GracefulShutdown::new();
+    let idle = cfg.idle_timeout;
+    let (closing_tx, closing_rx) = watch::channel(false);
+    // Every connection task holds a sender; `recv` returns None once all have ended.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -87,22 +96,140 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let svc = TowerToHyperService::new(service.clone());
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                tokio::spawn(connection(
+                    builder.clone(),
+                    stream,
+                    svc,
+                    closing_rx.clone(),
+                    alive_tx.clone(),
+                    idle,
+                ));
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => true,
-        () = tokio::time::sleep(grace) => false,
+    let _ = closing_tx.send(true);
+    drop(alive_tx);
+    tokio::time::timeout(grace, alive_rx.recv()).await.is_ok()
+}
+
+async fn connection<S>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: tokio::net::TcpStream,
+    svc: TowerToHyperService<S>,
+    mut closing: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+    idle: Duration,
+) where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<crate::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Activity {
+        inner: stream,
+        epoch,
+        last: last.clone(),
+    });
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let mut closing_requested = false;
+    loop {
+        let idle_deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = closing.wait_for(|c| *c), if !closing_requested => {
+                conn.as_mut().graceful_shutdown();
+                closing_requested = true;
+            }
+            () = tokio::time::sleep_until(idle_deadline.into()), if !closing_requested => {
+                let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    conn.as_mut().graceful_shutdown();
+                    closing_requested = true;
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream that notes when it last moved bytes, for the idle timeout.
+    struct Activity<T> {
+        #[pin]
+        inner: T,
+        epoch: Instant,
+        last: Arc<AtomicU64>,
+    }
+}
+
+impl<T> Activity<T> {
+    fn touch(epoch: &Instant, last: &AtomicU64) {
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Activity<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let out = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            Self::touch(this.epoch, this.last);
+        }
+        out
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Activity<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let out = this.inner.poll_write(cx, buf);
+        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
+            Self::touch(this.epoch, this.last);
+        }
+        out
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let out = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
+            Self::touch(this.epoch, this.last);
+        }
+        out
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 
@@ -111,6 +238,7 @@ where
 pub struct Admin {
     pub health: Arc<Health>,
     pub metrics: Metrics,
+    pub credentials: crate::credentials::CredentialStore,
 }
 
 impl Admin {
@@ -141,7 +269,12 @@ impl Admin {
             ),
             "/metrics" => text(
                 StatusCode::OK,
-                self.metrics.encode(),
+                {
+                    let loaded = self.credentials.current().loaded_at;
+                    let age = loaded.elapsed().unwrap_or_default().as_secs_f64();
+                    self.metrics.key_age_seconds.set(age);
+                    self.metrics.encode()
+                },
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             ),
             _ => text(

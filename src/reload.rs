@@ -1,0 +1,153 @@
+//! Key rotation: re-read the key pair (and the configuration it comes from) on SIGHUP or when
+//! a key file changes, and swap it in for the next request.
+//!
+//! Guarantees: the access key and secret are swapped together; any error (bad config, missing
+//! or empty file) keeps the running pair and is logged with the reason; in-flight requests
+//! keep the pair they started with. Kubernetes updates a mounted Secret by swapping a `..data`
+//! symlink, so a change is detected by the resolved path as well as size and mtime.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{self, ConfigError, CredentialsConfig, Overrides, Source};
+use crate::credentials::{CredentialStore, Credentials};
+use crate::metrics::{Metrics, ResultLabel};
+
+/// Everything a reload needs, captured at start.
+#[derive(Clone, Debug)]
+pub struct Reloader {
+    pub source: Source,
+    pub overrides: Overrides,
+    /// The value of `SCP_SECRET_KEY` at start (the environment cannot change later).
+    pub secret_env: Option<String>,
+    pub store: CredentialStore,
+    pub metrics: Metrics,
+}
+
+/// What identifies a file's current content without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    resolved: Option<PathBuf>,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            resolved: std::fs::canonicalize(path).ok(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+impl Reloader {
+    /// Re-reads configuration and the key pair; swaps them in only when both are valid.
+    pub fn reload(&self, why: &str) -> Result<(), ConfigError> {
+        let result = config::load(&self.source, &self.overrides).and_then(|cfg| {
+            Credentials::load(&cfg.credentials, self.secret_env.as_deref())
+                .map_err(ConfigError::from)
+        });
+        match result {
+            Ok(creds) => {
+                let loaded_at = creds.loaded_at;
+                let access_key = creds.access_key.clone();
+                self.store.replace(creds);
+                self.metrics.set_key_loaded(loaded_at);
+                self.metrics
+                    .credential_reloads
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
+                tracing::info!(reason = why, access_key = %access_key, "key pair reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .credential_reloads
+                    .get_or_create(&ResultLabel { result: "failed" })
+                    .inc();
+                tracing::error!(reason = why, error = %e, "reload failed; still using the previous key pair");
+                Err(e)
+            }
+        }
+    }
+
+    /// The files whose change triggers a reload.
+    fn watched(&self) -> Vec<PathBuf> {
+        match config::load(&self.source, &self.overrides) {
+            Ok(cfg) => key_files(&cfg.credentials),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Polls the key files every `every` and reloads when one changes. Runs until dropped.
+    pub async fn watch_files(self, every: Duration) {
+        let mut files = self.watched();
+        let mut stamps: Vec<_> = files.iter().map(|f| FileStamp::of(f)).collect();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now: Vec<_> = files.iter().map(|f| FileStamp::of(f)).collect();
+            if now != stamps {
+                // A half-written file fails validation and is retried on the next change.
+                let _ = self.reload("key file changed");
+                files = self.watched();
+                stamps = files.iter().map(|f| FileStamp::of(f)).collect();
+            }
+        }
+    }
+}
+
+/// Reloads on SIGHUP and, unless `watch_interval` is zero, when a key file changes, until
+/// the process exits.
+pub fn spawn(reloader: Reloader, watch_interval: Duration) {
+    if !watch_interval.is_zero() {
+        tokio::spawn(reloader.clone().watch_files(watch_interval));
+    }
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; key files are still watched");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let _ = reloader.reload("SIGHUP");
+        }
+    });
+}
+
+fn key_files(c: &CredentialsConfig) -> Vec<PathBuf> {
+    c.secret_key_file
+        .iter()
+        .chain(c.access_key_file.iter())
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_follows_symlink_swaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, "one\n").unwrap();
+        std::fs::write(&b, "two\n").unwrap();
+        let link = dir.path().join("secret");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let before = FileStamp::of(&link);
+        let tmp = dir.path().join("secret.tmp");
+        std::os::unix::fs::symlink(&b, &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+        assert_ne!(FileStamp::of(&link), before);
+        assert!(FileStamp::of(&dir.path().join("missing")).is_none());
+    }
+}
