@@ -113,14 +113,14 @@ pub async fn start(config: Config, credentials: Credentials) -> Result<Running, 
     };
     let server_cfg = config.server.clone();
     let admin_cfg = config.server.clone();
-    let admin_rx = rx.clone();
     // The admin listener outlives the data plane's drain so /readyz can say 503 meanwhile.
     let admin_task = tokio::spawn(async move {
+        // Stopped by `abort` once the data plane has drained, never by the signal itself.
         server::serve(
             admin_listener,
             admin,
             &admin_cfg,
-            wait_true(admin_rx),
+            std::future::pending(),
             std::time::Duration::from_secs(1),
         )
         .await

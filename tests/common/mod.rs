@@ -47,7 +47,7 @@ pub struct Recorded {
 pub struct RecordingUpstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Recorded>>>,
-    secret: Arc<Vec<u8>>,
+    secret: Arc<Mutex<Vec<u8>>>,
 }
 
 impl RecordingUpstream {
@@ -57,7 +57,7 @@ impl RecordingUpstream {
         let up = Self {
             addr,
             seen: Arc::default(),
-            secret: Arc::new(secret.as_bytes().to_vec()),
+            secret: Arc::new(Mutex::new(secret.as_bytes().to_vec())),
         };
         let me = up.clone();
         tokio::spawn(async move {
@@ -78,6 +78,11 @@ impl RecordingUpstream {
             }
         });
         up
+    }
+
+    /// The secret the upstream checks signatures with from now on (a rotation on its side).
+    pub fn set_secret(&self, secret: &str) {
+        *self.secret.lock().unwrap() = secret.as_bytes().to_vec();
     }
 
     pub fn base(&self) -> String {
@@ -164,7 +169,7 @@ impl RecordingUpstream {
             get("scp-accountid"),
             get("scp-clienttype")
         );
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret.lock().unwrap()).unwrap();
         mac.update(msg.as_bytes());
         let expected =
             base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
@@ -274,4 +279,105 @@ pub fn error_code(body: &Bytes) -> String {
         "no message: {v}"
     );
     v["code"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The real binary, started with `args`; killed by PID when dropped.
+pub struct Proc {
+    pub child: Option<std::process::Child>,
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `scp-auth-proxy` with JSON logs and waits (bounded) for its "serving" line.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scp-auth-proxy"));
+        cmd.args(args)
+            .arg("--log-format")
+            .arg("json")
+            .env_remove("SCP_SECRET_KEY")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if line.contains("\"serving\"") {
+                        let _ = tx.send(line.clone());
+                    }
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                }
+            });
+        }
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("proxy did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        Proc {
+            addr: v["addr"].as_str().unwrap().parse().unwrap(),
+            admin_addr: v["admin_addr"].as_str().unwrap().parse().unwrap(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        let child = self.child.as_mut().unwrap();
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

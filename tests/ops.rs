@@ -1,0 +1,325 @@
+//! Operations, through the real binary: graceful shutdown, key rotation, metrics, limits, and
+//! a secret that never reaches the log.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+    fn write(&self, name: &str, content: &str) -> String {
+        let p = self.path(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+fn proxy_toml(
+    upstream: &str,
+    secret_file: &str,
+    extra_server: &str,
+    extra_creds: &str,
+    extra_svc: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{extra_server}
+[credentials]
+access_key = "{ACCESS_KEY}"
+secret_key_file = "{secret_file}"
+{extra_creds}
+[routing]
+default_service = "virtualserver"
+[services.virtualserver]
+upstream = "{upstream}"
+api_version = "1.3"
+region = "kr-west1"
+{extra_svc}
+"#
+    )
+}
+
+async fn admin(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let (s, _, b) = send(&client(), get(addr, path)).await;
+    (s.as_u16(), String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Sends one GET through the proxy; true when the upstream saw a valid signature.
+async fn signed_ok(up: &RecordingUpstream, proxy: std::net::SocketAddr) -> bool {
+    let (status, _, _) = send(&client(), get(proxy, "/v1/images")).await;
+    assert_eq!(status, 200);
+    up.requests().last().unwrap().signature_ok
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
+    let up = RecordingUpstream::start(SECRET).await;
+    let f = Files::new();
+    let secret = f.write("secret", &format!("{SECRET}\n"));
+    let cfg = f.write(
+        "p.toml",
+        &proxy_toml(&up.base(), &secret, "shutdown_grace = \"10s\"", "", ""),
+    );
+    let mut p = Proc::start(&["--config", &cfg], &[]);
+    assert_eq!(admin(p.admin_addr, "/readyz").await.0, 200);
+    let addr = p.addr;
+    let slow = tokio::spawn(async move { send(&client(), get(addr, "/v1/slow/1500")).await });
+    // Wait until the upstream holds the request, then ask the proxy to stop.
+    for _ in 0..200 {
+        if up.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.count(), 1);
+    p.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Draining: readiness says 503 and new connections are refused.
+    assert_eq!(admin(p.admin_addr, "/readyz").await.0, 503);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    let (status, _, body) = slow.await.unwrap();
+    assert_eq!(status, 200, "the in-flight request must complete");
+    assert_eq!(body, "{\"received\":0}");
+    let code = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_swaps_in_the_rewritten_secret() {
+    let up = RecordingUpstream::start("old-secret").await;
+    let f = Files::new();
+    let secret = f.write("secret", "old-secret\n");
+    // No file watching: only the signal may reload.
+    let cfg = f.write(
+        "p.toml",
+        &proxy_toml(&up.base(), &secret, "", "watch_interval = \"0s\"", ""),
+    );
+    let p = Proc::start(&["--config", &cfg], &[]);
+    assert!(
+        signed_ok(&up, p.addr).await,
+        "old key accepted before rotation"
+    );
+    // Rotate on both sides; the proxy has not reloaded yet, so the upstream rejects it.
+    std::fs::write(&secret, "new-secret\n").unwrap();
+    up.set_secret("new-secret");
+    assert!(
+        !signed_ok(&up, p.addr).await,
+        "old key must be rejected after rotation"
+    );
+    p.signal("HUP");
+    let mut ok = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if signed_ok(&up, p.addr).await {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "new key not used after SIGHUP; log:\n{}", p.log());
+    // A bad rewrite keeps the running key.
+    std::fs::write(&secret, "\n").unwrap();
+    p.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(signed_ok(&up, p.addr).await);
+    let (_, metrics) = admin(p.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("scp_auth_proxy_credential_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("scp_auth_proxy_credential_reloads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(p.log().contains("reload failed"), "{}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_file_change_is_noticed_without_a_signal() {
+    let up = RecordingUpstream::start("first").await;
+    let f = Files::new();
+    // Kubernetes layout: secret -> ..data/secret, ..data -> ..v1
+    std::fs::create_dir(f.path("..v1")).unwrap();
+    std::fs::write(f.path("..v1/secret"), "first\n").unwrap();
+    std::os::unix::fs::symlink("..v1", f.path("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/secret", f.path("secret")).unwrap();
+    let cfg = f.write(
+        "p.toml",
+        &proxy_toml(
+            &up.base(),
+            &f.path("secret"),
+            "",
+            "watch_interval = \"200ms\"",
+            "",
+        ),
+    );
+    let p = Proc::start(&["--config", &cfg], &[]);
+    assert!(signed_ok(&up, p.addr).await);
+    std::fs::create_dir(f.path("..v2")).unwrap();
+    std::fs::write(f.path("..v2/secret"), "second\n").unwrap();
+    std::os::unix::fs::symlink("..v2", f.path("..data_tmp")).unwrap();
+    std::fs::rename(f.path("..data_tmp"), f.path("..data")).unwrap();
+    up.set_secret("second");
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if signed_ok(&up, p.addr).await {
+            ok = true;
+            break;
+        }
+    }
+    assert!(
+        ok,
+        "the swapped key file was not picked up; log:\n{}",
+        p.log()
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_rejections() {
+    let up = RecordingUpstream::start(SECRET).await;
+    let (cfg, _d) = config_from(&basic_toml(&up.base(), "", ""));
+    let proxy = start_proxy(cfg).await;
+    let c = client();
+    for _ in 0..3 {
+        send(&c, get(proxy.addr, "/v1/images")).await;
+    }
+    send(&c, get(proxy.addr, "/v1/status/404")).await;
+    let req = Request::get(format!("http://{}/v1/images", proxy.addr))
+        .header("scp-api-version", "virtualserver 9.9")
+        .body(body(Bytes::new()))
+        .unwrap();
+    send(&c, req).await;
+    let (code, m) = admin(proxy.admin_addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "scp_auth_proxy_requests_total{service=\"virtualserver\",method=\"GET\",status_class=\"2xx\"} 3",
+        "scp_auth_proxy_requests_total{service=\"virtualserver\",method=\"GET\",status_class=\"4xx\"} 2",
+        "scp_auth_proxy_rejections_total{code=\"api_version_mismatch\"} 1",
+        "scp_auth_proxy_upstream_latency_seconds_count{service=\"virtualserver\"} 4",
+        "scp_auth_proxy_in_flight_requests 0",
+        "scp_auth_proxy_build_info{version=",
+        "scp_auth_proxy_key_age_seconds ",
+    ] {
+        assert!(m.contains(line), "missing {line:?} in\n{m}");
+    }
+    assert_eq!(admin(proxy.admin_addr, "/healthz").await.0, 200);
+    assert_eq!(admin(proxy.admin_addr, "/readyz").await.0, 200);
+    proxy.shutdown();
+    assert_eq!(admin(proxy.admin_addr, "/readyz").await.0, 503);
+}
+
+#[tokio::test]
+async fn concurrency_limit_answers_503_then_recovers() {
+    let up = RecordingUpstream::start(SECRET).await;
+    let mut toml = basic_toml(&up.base(), "", "");
+    toml = toml.replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"127.0.0.1:0\"\nmax_concurrent_requests = 2",
+    );
+    let (cfg, _d) = config_from(&toml);
+    let proxy = start_proxy(cfg).await;
+    let addr = proxy.addr;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { send(&client(), get(addr, "/v1/slow/800")).await }))
+        .collect();
+    for _ in 0..200 {
+        if up.count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, headers, b) = send(&client(), get(addr, "/v1/images")).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(error_code(&b), "overloaded");
+    for s in slow {
+        assert_eq!(s.await.unwrap().0, 200);
+    }
+    let (status, _, _) = send(&client(), get(addr, "/v1/images")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        up.count(),
+        3,
+        "the refused request must not reach the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_logs_never_contain_the_secret_or_signature() {
+    const SENTINEL: &str = "SENTINEL-s3cr3t-9f2c";
+    let up = RecordingUpstream::start(SENTINEL).await;
+    let f = Files::new();
+    let secret = f.write("secret", &format!("{SENTINEL}\n"));
+    let cfg = f.write("p.toml", &proxy_toml(&up.base(), &secret, "", "", ""));
+    let mut p = Proc::start(&["--config", &cfg], &[("RUST_LOG", "trace")]);
+    let c = client();
+    send(&c, get(p.addr, "/v1/images?x=1")).await;
+    let post = Request::post(format!("http://{}/v1/images", p.addr))
+        .header("scp-signature", "client-forged")
+        .body(body("{\"name\":\"x\"}"))
+        .unwrap();
+    send(&c, post).await;
+    send(&c, get(p.addr, "/v1/status/500")).await;
+    p.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.signal("TERM");
+    tokio::task::spawn_blocking({
+        let child = p.child.take();
+        move || {
+            let mut child = child.unwrap();
+            let _ = child.wait();
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = p.log();
+    assert!(
+        log.lines().count() > 20,
+        "expected a trace-level log, got:\n{log}"
+    );
+    assert!(!log.contains(SENTINEL), "the secret reached the log");
+    for r in up.requests() {
+        let sig = r.headers["scp-signature"].to_str().unwrap();
+        assert!(!log.contains(sig), "a signature reached the log");
+    }
+    // check-config prints the config with the secret redacted.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scp-auth-proxy"))
+        .args(["check-config", "--config", &cfg])
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("<redacted>") && !all.contains(SENTINEL),
+        "{all}"
+    );
+}
