@@ -54,7 +54,8 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "DIR", default_value = "config", global = true)]
     pub config_dir: PathBuf,
 
-    /// Data-plane listen address (overrides server.listen).
+    /// Data-plane listen address (overrides server.listen). With `emulator`: where the
+    /// emulator listens (default 127.0.0.1:18080).
     #[arg(long, value_name = "ADDR", global = true)]
     pub listen: Option<SocketAddr>,
 
@@ -101,18 +102,32 @@ pub enum Command {
     Emulator(EmulatorArgs),
 }
 
+// `scp-auth-proxy emulator [--listen ADDR] [--access-key K] [--secret-key-file F] [--account-id A]`:
+// needs no --config or --profile; the address comes from the global `--listen`.
 #[derive(Debug, Args, Clone)]
+#[command(after_help = EMULATOR_EXAMPLES)]
 pub struct EmulatorArgs {
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18080")]
-    pub emulator_listen: SocketAddr,
     /// The access key it accepts.
     #[arg(long, value_name = "KEY", default_value = "emulator-access-key")]
     pub access_key: String,
-    /// File holding the secret key it accepts (SIGHUP re-reads it).
+    /// File holding the secret key it accepts; SIGHUP re-reads it. Required unless
+    /// SCP_SECRET_KEY is set (the file wins when both are).
     #[arg(long, value_name = "FILE")]
     pub secret_key_file: Option<PathBuf>,
     /// The account id it expects in Scp-AccountId ("" when none is sent).
     #[arg(long, value_name = "ID", default_value = "")]
     pub account_id: String,
+    /// How long an accepted image import stays `importing` before it is `active`.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub import_delay: std::time::Duration,
+}
+
+const EMULATOR_EXAMPLES: &str = "\
+Examples:
+  printf 'emulator-secret' > /tmp/emu-secret
+  scp-auth-proxy emulator --listen 127.0.0.1:18080 --secret-key-file /tmp/emu-secret
+  kill -HUP <pid>     # re-read the key file (rotation)";
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration such as \"3s\": {e}"))
 }

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod emulator;
 pub mod error;
 pub mod forward;
 pub mod layers;

@@ -3,19 +3,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use scp_auth_proxy::cli::{Cli, Command, LogFormat};
+use scp_auth_proxy::cli::{Cli, Command, EmulatorArgs, LogFormat};
 use scp_auth_proxy::config::{self, Config};
 use scp_auth_proxy::credentials::{Credentials, SECRET_ENV};
+use scp_auth_proxy::emulator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match &cli.command {
         Some(Command::CheckConfig) => check_config(&cli),
-        Some(Command::Emulator(_)) => {
-            eprintln!("error: the emulator is not built into this binary yet");
-            ExitCode::from(1)
-        }
+        Some(Command::Emulator(args)) => run_emulator(&cli, args),
         Some(Command::Serve) | None => serve(&cli),
     }
 }
@@ -73,6 +71,9 @@ fn serve(cli: &Cli) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if cfg.emulator.in_process {
+        return serve_dev(cfg);
+    }
     let creds = match Credentials::load(&cfg.credentials, secret_env().as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -111,6 +112,90 @@ fn serve(cli: &Cli) -> ExitCode {
                 ExitCode::from(130)
             }
         }
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the runtime: {e}")))
+}
+
+/// `--profile dev`: the proxy in front of an in-process emulator, throwaway credentials in
+/// memory, no key reload (there is no key file).
+fn serve_dev(cfg: Config) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let (running, emulator) = match emulator::start_dev(cfg).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        // No key file to re-read; SIGHUP must not end the process either.
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: the dev profile's throwaway key is not reloaded");
+                }
+            });
+        }
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        running.shutdown();
+        let code = tokio::select! {
+            _drained = running.wait() => ExitCode::SUCCESS,
+            () = wait_for_signal() => return ExitCode::from(130),
+        };
+        emulator.shutdown();
+        emulator.wait().await;
+        code
+    })
+}
+
+/// `scp-auth-proxy emulator`: the emulator alone; SIGHUP re-reads its key file.
+fn run_emulator(cli: &Cli, args: &EmulatorArgs) -> ExitCode {
+    let opts = match emulator::standalone_options(args, secret_env().as_deref()) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let listen = cli.config.listen.unwrap_or(emulator::DEFAULT_LISTEN);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(format!("cannot listen on {listen} (--listen): {e}")),
+        };
+        let handle = match emulator::spawn(listener, opts).await {
+            Ok(h) => h,
+            Err(e) => return fail(e),
+        };
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => return fail(format!("cannot handle SIGHUP: {e}")),
+        };
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    if let Err(e) = handle.reload() {
+                        tracing::warn!(error = %e, "SIGHUP: secret key not re-read; the previous key stays in use");
+                    }
+                }
+                () = &mut stop => break,
+            }
+        }
+        handle.shutdown();
+        handle.wait().await;
+        ExitCode::SUCCESS
     })
 }
 

@@ -1,0 +1,759 @@
+//! The built-in SCP emulator: an upstream that checks requests the way Samsung Cloud Platform
+//! does, so the proxy can be tried, developed and tested with no cloud account.
+//!
+//! * `GET /` (unsigned): the virtualserver version list from [`crate::catalog`].
+//! * Everything else must be signed ([`verify`]): a request that is not is answered 401 with
+//!   a `detail` saying what did not match. (The real gateway answers unsigned requests with a
+//!   bare 404; the emulator says why instead, since it is a developer tool.)
+//! * `Scp-Api-Version` is checked against the catalog ([`versions`]): 406 when unsupported.
+//! * virtualserver images in memory ([`images`]): `POST /v1/images`, `GET /v1/images`
+//!   (`limit`, `marker`), `GET|DELETE /v1/images/{id}`, `POST /v1/images/{id}/import`.
+//! * The IAM endpoint catalog, `GET /v1/endpoints`, listing the emulator itself.
+//!
+//! Errors use SCP's shape, `{"errors":[{"code","title","detail","status","request_id"}]}`.
+//! The secret key never appears in a response, a log line or `Debug` output.
+//!
+//! Run it alone with `scp-auth-proxy emulator`, or in-process for `--profile dev` with
+//! [`start_dev`].
+
+pub mod images;
+pub mod response;
+pub mod verify;
+pub mod versions;
+
+use std::convert::Infallible;
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use crate::body::Body;
+use crate::catalog::Date;
+use crate::config::{Config, ServerConfig};
+use crate::credentials::{self, Credentials, CredentialsError, SECRET_ENV};
+use crate::signer::SigningKey;
+use crate::{Running, StartError};
+
+use self::images::Images;
+use self::response::ScpError;
+use self::verify::Verifier;
+
+/// Where `scp-auth-proxy emulator` listens unless `--listen` says otherwise.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18080);
+
+/// The access key the standalone emulator accepts unless `--access-key` says otherwise.
+pub const DEFAULT_ACCESS_KEY: &str = "emulator-access-key";
+
+/// The window SCP documents: a signature is accepted 15 minutes either side of now.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Largest request body the emulator reads (image create and import bodies are tiny).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The services the emulator answers for; all share its one address.
+const VIRTUALSERVER: &str = "virtualserver";
+const IAM: &str = "iam";
+
+/// Where the secret key the emulator accepts comes from.
+pub enum SecretSource {
+    /// Held in memory (the dev profile's throwaway key, `SCP_SECRET_KEY`, tests). Zeroized on
+    /// drop; [`EmulatorHandle::reload`] keeps it.
+    Memory(Zeroizing<Vec<u8>>),
+    /// A file, read at start and again on every [`EmulatorHandle::reload`] (SIGHUP when run
+    /// alone). One trailing newline is removed, as for the proxy's key file.
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// A secret held in memory.
+    pub fn memory(secret: impl Into<Vec<u8>>) -> Self {
+        SecretSource::Memory(Zeroizing::new(secret.into()))
+    }
+
+    /// Where the secret comes from, for messages: a path or "memory", never the value.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::Memory(_) => "memory".into(),
+            SecretSource::File(p) => p.display().to_string(),
+        }
+    }
+
+    fn load(&self) -> Result<SigningKey, CredentialsError> {
+        match self {
+            SecretSource::Memory(s) => {
+                if s.is_empty() {
+                    return Err(CredentialsError::Empty {
+                        what: "secret key",
+                        origin: "memory".into(),
+                    });
+                }
+                Ok(SigningKey::new(s))
+            }
+            SecretSource::File(path) => {
+                let raw = std::fs::read(path).map(Zeroizing::new).map_err(|source| {
+                    CredentialsError::Unreadable {
+                        what: "secret key",
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                let secret = credentials::clean("secret key", &path.display().to_string(), &raw)?;
+                Ok(SigningKey::new(secret))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Memory(_) => f.write_str("Memory(<redacted>)"),
+            SecretSource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+/// How an emulator behaves. Build with [`EmulatorOptions::new`] and adjust the fields.
+#[derive(Debug)]
+pub struct EmulatorOptions {
+    /// The one access key it knows.
+    pub access_key: String,
+    pub secret: SecretSource,
+    /// The account id it expects in `Scp-AccountId` (an absent header counts as "").
+    pub account_id: String,
+    /// How long an accepted import stays `importing` before it is `active`.
+    pub import_delay: Duration,
+    /// Accepted distance between `Scp-Timestamp` and the clock, either side.
+    pub window: Duration,
+    /// The clock for the timestamp window, version dates and image times.
+    pub clock: fn() -> SystemTime,
+    /// The scheme the verifier puts before `Host` in the signed URL. The emulator itself speaks
+    /// plain HTTP, so this is `http` unless it sits behind a TLS terminator.
+    pub scheme: String,
+    /// The region its endpoint catalog reports.
+    pub region: String,
+}
+
+impl EmulatorOptions {
+    /// Defaults: account id "", import delay 3s, a 15-minute window, the system clock,
+    /// scheme `http`, region `kr-west1`.
+    pub fn new(access_key: impl Into<String>, secret: SecretSource) -> Self {
+        Self {
+            access_key: access_key.into(),
+            secret,
+            account_id: String::new(),
+            import_delay: Duration::from_secs(3),
+            window: DEFAULT_WINDOW,
+            clock: SystemTime::now,
+            scheme: "http".into(),
+            region: "kr-west1".into(),
+        }
+    }
+}
+
+/// Why an emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error("the emulator needs the secret key it accepts: pass --secret-key-file FILE or set the {SECRET_ENV} environment variable")]
+    NoSecret,
+    #[error(transparent)]
+    Secret(#[from] CredentialsError),
+    #[error("the emulator's listener failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running emulator. Dropping the handle stops it, as does [`EmulatorHandle::shutdown`].
+pub struct EmulatorHandle {
+    addr: SocketAddr,
+    state: Arc<Emulator>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<bool>>,
+}
+
+impl std::fmt::Debug for EmulatorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatorHandle")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmulatorHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, the upstream to point services at.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Re-reads a file secret and uses it for the next request; on error the previous key stays
+    /// in use. A secret held in memory is kept as it is.
+    pub fn reload(&self) -> Result<(), CredentialsError> {
+        let key = self.state.opts.secret.load()?;
+        self.state.key.store(Arc::new(key));
+        tracing::info!(secret = %self.state.opts.secret.describe(), "emulator: secret key re-read");
+        Ok(())
+    }
+
+    /// Stops accepting; requests in flight get a second to finish.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until serving has stopped (after [`EmulatorHandle::shutdown`]).
+    pub async fn wait(mut self) -> bool {
+        match self.task.take() {
+            Some(t) => t.await.unwrap_or(false),
+            None => true,
+        }
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Starts an emulator on `listener`. Reads the secret once before serving, so a missing or
+/// empty key file fails here rather than on the first request.
+pub async fn spawn(
+    listener: TcpListener,
+    opts: EmulatorOptions,
+) -> Result<EmulatorHandle, EmulatorError> {
+    let key = opts.secret.load()?;
+    let addr = listener.local_addr()?;
+    let now = (opts.clock)();
+    let state = Arc::new(Emulator {
+        images: Images::new(opts.import_delay, &opts.account_id, now),
+        key: ArcSwap::from_pointee(key),
+        ids: Ids::new(),
+        addr,
+        opts,
+    });
+    let (tx, mut rx) = watch::channel(false);
+    let svc_state = state.clone();
+    let service = tower::service_fn(move |req: Request<Incoming>| {
+        let state = svc_state.clone();
+        async move { Ok::<_, Infallible>(state.handle(req).await) }
+    });
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        crate::server::serve(
+            listener,
+            service,
+            &ServerConfig::default(),
+            shutdown,
+            Duration::from_secs(1),
+        )
+        .await
+    });
+    tracing::info!(
+        url = %format!("http://{addr}"),
+        access_key = %state.opts.access_key,
+        account_id = %state.opts.account_id,
+        secret = %state.opts.secret.describe(),
+        "SCP emulator listening"
+    );
+    Ok(EmulatorHandle {
+        addr,
+        state,
+        shutdown: tx,
+        task: Some(task),
+    })
+}
+
+/// Builds the standalone emulator's options from `scp-auth-proxy emulator` flags.
+/// `--secret-key-file` wins over `secret_env` (the value of `SCP_SECRET_KEY`), as flags win
+/// over the environment everywhere else; one of them is required.
+pub fn standalone_options(
+    args: &crate::cli::EmulatorArgs,
+    secret_env: Option<&str>,
+) -> Result<EmulatorOptions, EmulatorError> {
+    let secret = match (&args.secret_key_file, secret_env) {
+        (Some(path), _) => SecretSource::File(path.clone()),
+        (None, Some(v)) => {
+            let origin = format!("the {SECRET_ENV} environment variable");
+            SecretSource::memory(credentials::clean("secret key", &origin, v.as_bytes())?)
+        }
+        (None, None) => return Err(EmulatorError::NoSecret),
+    };
+    let mut opts = EmulatorOptions::new(args.access_key.clone(), secret);
+    opts.account_id = args.account_id.clone();
+    opts.import_delay = args.import_delay;
+    Ok(opts)
+}
+
+// ---------------------------------------------------------------- dev profile
+
+/// Why `--profile dev` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevStartError {
+    #[error("cannot make throwaway credentials from /dev/urandom: {0}")]
+    Random(#[source] std::io::Error),
+    #[error("cannot listen on {addr} (emulator.listen): {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Emulator(#[from] EmulatorError),
+    #[error("cannot point the services at the emulator: {0}")]
+    Redirect(String),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Starts the emulator in-process on `config.emulator.listen` with throwaway credentials, points
+/// every service at it, and starts the proxy with the same credentials, held in memory only.
+/// No secret file or variable is read: the credential checks of a real profile do not apply.
+pub async fn start_dev(mut config: Config) -> Result<(Running, EmulatorHandle), DevStartError> {
+    let access_key = format!("dev-{}", random_hex(8).map_err(DevStartError::Random)?);
+    let secret = Zeroizing::new(random_hex(32).map_err(DevStartError::Random)?);
+    let listen = config.emulator.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| DevStartError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let mut opts = EmulatorOptions::new(
+        access_key.clone(),
+        SecretSource::memory(secret.as_bytes().to_vec()),
+    );
+    opts.account_id = config.credentials.account_id.clone();
+    opts.import_delay = config.emulator.import_delay;
+    if let Some(region) = config.services.iter().find_map(|s| s.region.clone()) {
+        opts.region = region;
+    }
+    let emulator = spawn(listener, opts).await?;
+    config
+        .redirect_upstreams(&emulator.base_url())
+        .map_err(DevStartError::Redirect)?;
+    let creds = Credentials::from_parts(
+        &access_key,
+        secret.as_bytes(),
+        &config.credentials.account_id,
+        &config.credentials.client_type,
+        "the in-process emulator's throwaway key",
+    )?;
+    let running = crate::start(config, creds).await?;
+    tracing::info!(
+        emulator = %emulator.base_url(),
+        proxy = %format!("http://{}", running.addr),
+        "dev profile: every service goes to the in-process SCP emulator, with throwaway credentials"
+    );
+    Ok((running, emulator))
+}
+
+/// `bytes` random bytes from /dev/urandom, as lower-case hex.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut buf = Zeroizing::new(vec![0u8; bytes]);
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    let mut s = String::with_capacity(bytes * 2);
+    for b in buf.iter() {
+        s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        s.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------- serving
+
+/// Request ids and image ids: a random seed (so two emulators differ) mixed with a counter.
+struct Ids {
+    seed: u64,
+    n: AtomicU64,
+}
+
+impl Ids {
+    fn new() -> Self {
+        let seed = random_hex(8)
+            .ok()
+            .and_then(|h| u64::from_str_radix(&h, 16).ok())
+            .unwrap_or_else(|| {
+                let t = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                t ^ u64::from(std::process::id()).rotate_left(32)
+            });
+        Self {
+            seed,
+            n: AtomicU64::new(0),
+        }
+    }
+
+    /// splitmix64 over seed + n * golden ratio: distinct for every n.
+    fn next(&self) -> u64 {
+        let n = self.n.fetch_add(1, Ordering::Relaxed);
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A version-4 UUID.
+    fn uuid(&self) -> String {
+        let (a, b) = (self.next(), self.next());
+        let a = (a & !0xF000) | 0x4000;
+        let b = (b & !(0b11 << 62)) | (0b10 << 62);
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xFFFF,
+            a & 0xFFFF,
+            b >> 48,
+            b & 0xFFFF_FFFF_FFFF
+        )
+    }
+
+    fn request_id(&self) -> String {
+        format!("req-{:016x}", self.next())
+    }
+}
+
+/// What the emulator serves.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Endpoints,
+    ListImages,
+    CreateImage,
+    ShowImage(&'a str),
+    DeleteImage(&'a str),
+    ImportImage(&'a str),
+}
+
+impl Endpoint<'_> {
+    fn service(&self) -> &'static str {
+        match self {
+            Endpoint::Endpoints => IAM,
+            _ => VIRTUALSERVER,
+        }
+    }
+}
+
+fn route<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>, ScpError> {
+    let not_allowed = |allowed: &str| {
+        ScpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Request.MethodNotAllowed",
+            "Method Not Allowed",
+            format!("{method} is not allowed on {path}; use {allowed}"),
+        )
+    };
+    let segments: Vec<&str> = path
+        .strip_prefix("/v1/")
+        .map(|p| p.split('/').collect())
+        .unwrap_or_default();
+    match segments.as_slice() {
+        ["endpoints"] => match *method {
+            Method::GET => Ok(Endpoint::Endpoints),
+            _ => Err(not_allowed("GET")),
+        },
+        ["images"] => match *method {
+            Method::GET => Ok(Endpoint::ListImages),
+            Method::POST => Ok(Endpoint::CreateImage),
+            _ => Err(not_allowed("GET or POST")),
+        },
+        ["images", id] if !id.is_empty() => match *method {
+            Method::GET => Ok(Endpoint::ShowImage(id)),
+            Method::DELETE => Ok(Endpoint::DeleteImage(id)),
+            _ => Err(not_allowed("GET or DELETE")),
+        },
+        ["images", id, "import"] if !id.is_empty() => match *method {
+            Method::POST => Ok(Endpoint::ImportImage(id)),
+            _ => Err(not_allowed("POST")),
+        },
+        _ => Err(ScpError::not_found(
+            "Resource.NotFound",
+            format!(
+                "the emulator has no {path}; it serves GET /, /v1/endpoints, /v1/images, \
+                 /v1/images/{{id}} and /v1/images/{{id}}/import"
+            ),
+        )),
+    }
+}
+
+/// Shared state of one emulator.
+struct Emulator {
+    opts: EmulatorOptions,
+    key: ArcSwap<SigningKey>,
+    images: Images,
+    ids: Ids,
+    addr: SocketAddr,
+}
+
+impl Emulator {
+    /// `scheme://Host` as the client reached the emulator (for links).
+    fn base_url(&self, req: &http::request::Parts) -> String {
+        let host = req
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| self.addr.to_string());
+        format!("{}://{host}", self.opts.scheme)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        // The proxy sends its request id along; answering with it lets logs be matched.
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map_or_else(|| self.ids.request_id(), str::to_owned);
+        let result = self.answer(&parts, body).await;
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.status == StatusCode::UNAUTHORIZED || e.status == StatusCode::NOT_ACCEPTABLE {
+                    tracing::info!(
+                        method = %parts.method,
+                        path = %parts.uri.path(),
+                        status = e.status.as_u16(),
+                        code = e.code,
+                        detail = %e.detail,
+                        %request_id,
+                        "emulator rejected a request"
+                    );
+                }
+                e.to_response(&request_id)
+            }
+        };
+        tracing::debug!(
+            method = %parts.method,
+            target = %parts.uri,
+            status = resp.status().as_u16(),
+            %request_id,
+            "emulator"
+        );
+        resp
+    }
+
+    async fn answer(
+        &self,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Result<Response<Body>, ScpError> {
+        let now = (self.opts.clock)();
+        if parts.method == Method::GET && parts.uri.path() == "/" {
+            return Ok(response::json(
+                StatusCode::OK,
+                &versions::list(VIRTUALSERVER, &self.base_url(parts)),
+            ));
+        }
+        let key = self.key.load();
+        Verifier {
+            scheme: &self.opts.scheme,
+            access_key: &self.opts.access_key,
+            account_id: &self.opts.account_id,
+            key: &key,
+            window: self.opts.window,
+        }
+        .verify(&parts.method, &parts.uri, &parts.headers, now)
+        .map_err(|e| e.to_error())?;
+
+        let endpoint = route(&parts.method, parts.uri.path())?;
+        versions::check(&parts.headers, endpoint.service(), Date::of(now))
+            .map_err(|e| e.to_error())?;
+
+        match endpoint {
+            Endpoint::Endpoints => Ok(response::json(StatusCode::OK, &self.endpoints(parts))),
+            Endpoint::ListImages => Ok(response::json(
+                StatusCode::OK,
+                &self.images.list(parts.uri.query())?,
+            )),
+            Endpoint::ShowImage(id) => Ok(response::json(StatusCode::OK, &self.images.show(id)?)),
+            Endpoint::DeleteImage(id) => {
+                self.images.delete(id)?;
+                Ok(response::empty(StatusCode::NO_CONTENT))
+            }
+            Endpoint::CreateImage => {
+                let body = read_json(body).await?;
+                let created =
+                    self.images
+                        .create(&body, self.ids.uuid(), &self.opts.account_id, now)?;
+                Ok(response::json(StatusCode::CREATED, &created))
+            }
+            Endpoint::ImportImage(id) => {
+                let body = read_json(body).await?;
+                self.images.import(id, &body, now)?;
+                Ok(response::empty(StatusCode::ACCEPTED))
+            }
+        }
+    }
+
+    fn endpoints(&self, parts: &http::request::Parts) -> serde_json::Value {
+        let url = self.base_url(parts);
+        let endpoints: Vec<_> = [VIRTUALSERVER, IAM]
+            .into_iter()
+            .map(|name| {
+                serde_json::json!({
+                    "region": self.opts.region,
+                    "service_type": format!("scp-{name}"),
+                    "service_name": name,
+                    "url": url,
+                })
+            })
+            .collect();
+        serde_json::json!({ "endpoints": endpoints })
+    }
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`]; an empty body reads as `null`.
+async fn read_json(body: Incoming) -> Result<serde_json::Value, ScpError> {
+    let bytes: Bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ScpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request.BodyTooLarge",
+                "Payload Too Large",
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            ))
+        }
+        Err(e) => {
+            return Err(ScpError::bad_request(
+                "Request.InvalidBody",
+                format!("the request body could not be read: {e}"),
+            ))
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ScpError::bad_request(
+            "Request.InvalidBody",
+            format!("the request body is not JSON: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let get = Method::GET;
+        assert_eq!(route(&get, "/v1/endpoints"), Ok(Endpoint::Endpoints));
+        assert_eq!(route(&get, "/v1/images"), Ok(Endpoint::ListImages));
+        assert_eq!(
+            route(&Method::POST, "/v1/images"),
+            Ok(Endpoint::CreateImage)
+        );
+        assert_eq!(
+            route(&get, "/v1/images/a%2Fb"),
+            Ok(Endpoint::ShowImage("a%2Fb"))
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/v1/images/x"),
+            Ok(Endpoint::DeleteImage("x"))
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/images/x/import"),
+            Ok(Endpoint::ImportImage("x"))
+        );
+        assert_eq!(
+            route(&get, "/v1/images/x/import").unwrap_err().status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        for missing in [
+            "/v1/images/",
+            "/v1/servers",
+            "/v2/images",
+            "/x",
+            "/v1/images//import",
+        ] {
+            assert_eq!(
+                route(&get, missing).unwrap_err().status,
+                StatusCode::NOT_FOUND,
+                "{missing}"
+            );
+        }
+        assert_eq!(Endpoint::Endpoints.service(), "iam");
+        assert_eq!(Endpoint::ListImages.service(), "virtualserver");
+    }
+
+    #[test]
+    fn ids_are_distinct_v4_uuids() {
+        let ids = Ids::new();
+        let a = ids.uuid();
+        let b = ids.uuid();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+        assert!(ids.request_id().starts_with("req-"));
+    }
+
+    #[test]
+    fn random_hex_reads_urandom() {
+        let a = random_hex(16).unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, random_hex(16).unwrap());
+    }
+
+    #[test]
+    fn secret_source_never_debugs_the_secret() {
+        let s = SecretSource::memory(b"sentinel-SECRET".to_vec());
+        assert_eq!(format!("{s:?}"), "Memory(<redacted>)");
+        let opts = EmulatorOptions::new("ak", s);
+        assert!(!format!("{opts:?}").contains("sentinel"));
+        assert_eq!(opts.scheme, "http");
+        assert_eq!(opts.window, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn file_secret_is_cleaned_and_reported_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let src = SecretSource::File(path.clone());
+        let err = src.load().unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        std::fs::write(&path, "abc\n").unwrap();
+        let key = src.load().unwrap();
+        let input = crate::signer::SignInput {
+            method: "GET",
+            url_parts: &["http://h/"],
+            timestamp: "1",
+            access_key: "ak",
+            account_id: "",
+            client_type: "Openapi",
+        };
+        assert_eq!(
+            key.sign(&input).as_str(),
+            crate::signer::sign(b"abc", "GET", "http://h/", "1", "ak", "", "Openapi")
+        );
+        std::fs::write(&path, "\n").unwrap();
+        assert!(src.load().is_err());
+    }
+}
