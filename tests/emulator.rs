@@ -1,0 +1,1049 @@
+//! The built-in SCP emulator: what it accepts and rejects from the real proxy, every image
+//! operation end to end through the proxy, `--profile dev`, and the standalone `emulator`
+//! subcommand with SIGHUP rotation. Everything runs on 127.0.0.1; time-based checks poll with a
+//! deadline instead of sleeping.
+
+use std::io::BufRead as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use scp_auth_proxy::config::{self, Config, Overrides, Source};
+use scp_auth_proxy::credentials::{CredentialStore, Credentials};
+use scp_auth_proxy::emulator::images::DEMO_IMAGE_ID;
+use scp_auth_proxy::emulator::{self, EmulatorHandle, EmulatorOptions, SecretSource};
+use scp_auth_proxy::layers::sign::sign_request;
+use scp_auth_proxy::Running;
+
+const AK: &str = "emu-test-access-key";
+const SECRET: &str = "emu-test-secret-Ω-0001";
+const ACCOUNT: &str = "f39c460fade34fecb05ede8f904b24b7";
+const CLIENT_TYPE: &str = "Openapi";
+
+fn good_url(key: &str) -> String {
+    format!("https://object-store.kr-west1.e.samsungsdscloud.com/{ACCOUNT}:demo-bucket/{key}.qcow2")
+}
+
+// ---------------------------------------------------------------- helpers
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} body is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The first SCP error: `errors[0]`.
+    fn scp_error(&self) -> Value {
+        let v = self.json();
+        let err = v["errors"][0].clone();
+        for field in ["code", "title", "detail", "status", "request_id"] {
+            assert!(!err[field].is_null(), "no {field} in {v}");
+        }
+        assert_eq!(err["status"], self.status.as_u16(), "{v}");
+        err
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn send(req: Request<Full<Bytes>>) -> Reply {
+    let resp = client().request(req).await.expect("request sent");
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body read").to_bytes(),
+    }
+}
+
+fn request(method: Method, url: &str, body: Option<Value>) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(url);
+    let bytes = match body {
+        Some(v) => {
+            b = b.header("content-type", "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    b.body(Full::new(bytes)).expect("request builds")
+}
+
+/// A request to the proxy.
+async fn call(proxy: &Running, method: Method, path: &str, body: Option<Value>) -> Reply {
+    send(request(
+        method,
+        &format!("http://{}{path}", proxy.addr),
+        body,
+    ))
+    .await
+}
+
+fn options() -> EmulatorOptions {
+    let mut o = EmulatorOptions::new(AK, SecretSource::memory(SECRET.as_bytes().to_vec()));
+    o.account_id = ACCOUNT.into();
+    o.import_delay = Duration::from_millis(200);
+    o
+}
+
+async fn emulator_with(opts: EmulatorOptions) -> EmulatorHandle {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    emulator::spawn(listener, opts)
+        .await
+        .expect("emulator starts")
+}
+
+async fn emulator() -> EmulatorHandle {
+    emulator_with(options()).await
+}
+
+fn load(toml: &str) -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, toml).unwrap();
+    let cfg = config::load(&Source::File(path), &Overrides::default()).expect("config loads");
+    (cfg, dir)
+}
+
+/// The real proxy in front of `emu`, pinning virtualserver to `pin`, signing with the given
+/// key pair and account.
+async fn proxy_with(
+    emu: &EmulatorHandle,
+    pin: &str,
+    access_key: &str,
+    secret: &str,
+    account_id: &str,
+) -> Running {
+    let base = emu.base_url();
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[credentials]
+access_key = "{access_key}"
+account_id = "{account_id}"
+[routing]
+default_service = "virtualserver"
+[services.virtualserver]
+upstream = "{base}"
+api_version = "{pin}"
+region = "kr-west1"
+allow_unsupported_version = true
+[services.iam]
+upstream = "{base}"
+api_version = "1.0"
+allow_unsupported_version = true
+"#
+    );
+    let (cfg, _dir) = load(&toml);
+    let creds = Credentials::from_parts(
+        access_key,
+        secret.as_bytes(),
+        account_id,
+        CLIENT_TYPE,
+        "test",
+    )
+    .unwrap();
+    scp_auth_proxy::start(cfg, creds)
+        .await
+        .expect("proxy starts")
+}
+
+async fn proxy(emu: &EmulatorHandle) -> Running {
+    proxy_with(emu, "1.3", AK, SECRET, ACCOUNT).await
+}
+
+/// A request to `emu` signed by the proxy's own signing function at `now`, before anything
+/// else touches it.
+fn signed(
+    emu: &EmulatorHandle,
+    method: Method,
+    target: &str,
+    body: Option<Value>,
+    secret: &str,
+    now: SystemTime,
+) -> Request<Full<Bytes>> {
+    let mut req = request(method, &format!("{}{target}", emu.base_url()), body);
+    let store = CredentialStore::new(
+        Credentials::from_parts(AK, secret.as_bytes(), ACCOUNT, CLIENT_TYPE, "test").unwrap(),
+    );
+    sign_request(&mut req, &store, now);
+    req
+}
+
+/// Polls `GET path` through the proxy until the image has `status`, for at most 10 seconds.
+async fn wait_for_status(proxy: &Running, path: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(proxy, Method::GET, path, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let v = r.json();
+        if v["status"] == status {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "image never became {status}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------- what is accepted
+
+#[tokio::test]
+async fn accepts_what_the_proxy_signs() {
+    let emu = emulator().await;
+    let proxy = proxy(&emu).await;
+    let r = call(&proxy, Method::GET, "/v1/images", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["images"][0]["id"], DEMO_IMAGE_ID);
+    // A raw query is signed and verified byte for byte.
+    let r = call(&proxy, Method::GET, "/v1/images?limit=1&x=a%20b%2Fc", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // An empty query ("?" alone) is part of the URL on both sides.
+    let r = call(&proxy, Method::GET, "/v1/images?", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // A percent-encoded path segment reaches the resource layer (404: no such image).
+    let r = call(&proxy, Method::GET, "/v1/images/abc%2Fdef", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    assert_eq!(r.scp_error()["code"], "Image.NotFound");
+    // Without an account id the proxy sends no Scp-AccountId; the emulator reads "".
+    let mut o = options();
+    o.account_id = String::new();
+    let emu2 = emulator_with(o).await;
+    let proxy2 = proxy_with(&emu2, "1.3", AK, SECRET, "").await;
+    let r = call(&proxy2, Method::GET, "/v1/images", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+// ---------------------------------------------------------------- what is rejected
+
+#[tokio::test]
+async fn wrong_secret_is_401_showing_the_string_to_sign_never_a_secret() {
+    let emu = emulator().await;
+    let proxy = proxy_with(&emu, "1.3", AK, "not-the-secret", ACCOUNT).await;
+    let r = call(&proxy, Method::GET, "/v1/images?limit=2", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let err = r.scp_error();
+    assert_eq!(err["code"], "Authentication.SignatureMismatch");
+    let detail = err["detail"].as_str().unwrap();
+    let url = format!("GET{}/v1/images?limit=2", emu.base_url());
+    assert!(detail.contains(&url), "{detail}");
+    assert!(
+        detail.contains(&format!("{AK}{ACCOUNT}{CLIENT_TYPE}")),
+        "{detail}"
+    );
+    for secret in [SECRET, "not-the-secret"] {
+        assert!(!r.text().contains(secret), "{}", r.text());
+    }
+}
+
+fn twenty_minutes_ahead() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(20 * 60)
+}
+
+fn twenty_minutes_behind() -> SystemTime {
+    SystemTime::now() - Duration::from_secs(20 * 60)
+}
+
+fn fourteen_minutes_ahead() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(14 * 60)
+}
+
+#[tokio::test]
+async fn stale_timestamp_is_401() {
+    for (clock, side) in [
+        (twenty_minutes_ahead as fn() -> SystemTime, "behind"),
+        (twenty_minutes_behind, "ahead of"),
+    ] {
+        let mut o = options();
+        o.clock = clock;
+        let emu = emulator_with(o).await;
+        let proxy = proxy(&emu).await;
+        let r = call(&proxy, Method::GET, "/v1/images", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+        let err = r.scp_error();
+        assert_eq!(err["code"], "Authentication.TimestampOutOfWindow");
+        let detail = err["detail"].as_str().unwrap();
+        assert!(detail.contains(side) && detail.contains("15m"), "{detail}");
+    }
+    // Inside the window is fine.
+    let mut o = options();
+    o.clock = fourteen_minutes_ahead;
+    let emu = emulator_with(o).await;
+    let proxy = proxy(&emu).await;
+    let r = call(&proxy, Method::GET, "/v1/images", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test]
+async fn url_changed_after_signing_is_401() {
+    let emu = emulator().await;
+    let now = SystemTime::now();
+    // Signed and sent as is: authenticated (the image does not exist: 404).
+    let req = signed(&emu, Method::GET, "/v1/images/abc%2Fdef", None, SECRET, now);
+    let r = send(req).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    // The same signed request with %2F re-escaped to %252F on the way.
+    let mut req = signed(&emu, Method::GET, "/v1/images/abc%2Fdef", None, SECRET, now);
+    *req.uri_mut() = format!("{}/v1/images/abc%252Fdef", emu.base_url())
+        .parse()
+        .unwrap();
+    let r = send(req).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let err = r.scp_error();
+    assert_eq!(err["code"], "Authentication.SignatureMismatch");
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/images/abc%252Fdef"),
+        "{err}"
+    );
+    // A query added after signing.
+    let mut req = signed(&emu, Method::GET, "/v1/images", None, SECRET, now);
+    *req.uri_mut() = format!("{}/v1/images?limit=1", emu.base_url())
+        .parse()
+        .unwrap();
+    assert_eq!(send(req).await.status, StatusCode::UNAUTHORIZED);
+    // The method changed after signing.
+    let mut req = signed(&emu, Method::GET, "/v1/images/x", None, SECRET, now);
+    *req.method_mut() = Method::DELETE;
+    assert_eq!(send(req).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn unknown_access_key_is_401() {
+    let emu = emulator().await;
+    let proxy = proxy_with(&emu, "1.3", "someone-elses-key", SECRET, ACCOUNT).await;
+    let r = call(&proxy, Method::GET, "/v1/images", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let err = r.scp_error();
+    assert_eq!(err["code"], "Authentication.UnknownAccessKey");
+    assert!(err["detail"]
+        .as_str()
+        .unwrap()
+        .contains("someone-elses-key"));
+}
+
+#[tokio::test]
+async fn other_account_is_401() {
+    let emu = emulator().await;
+    for account in ["another-account", ""] {
+        let proxy = proxy_with(&emu, "1.3", AK, SECRET, account).await;
+        let r = call(&proxy, Method::GET, "/v1/images", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+        assert_eq!(r.scp_error()["code"], "Authentication.AccountMismatch");
+    }
+}
+
+#[tokio::test]
+async fn missing_headers_are_401() {
+    let emu = emulator().await;
+    for header in [
+        "scp-accesskey",
+        "scp-timestamp",
+        "scp-signature",
+        "scp-clienttype",
+    ] {
+        let mut req = signed(
+            &emu,
+            Method::GET,
+            "/v1/images",
+            None,
+            SECRET,
+            SystemTime::now(),
+        );
+        req.headers_mut().remove(header);
+        let r = send(req).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{header}: {}", r.text());
+        let err = r.scp_error();
+        assert_eq!(err["code"], "Authentication.MissingHeader");
+        let detail = err["detail"].as_str().unwrap().to_ascii_lowercase();
+        assert!(detail.contains(header), "{detail}");
+    }
+    // Entirely unsigned: 401 naming all four (the real gateway answers a bare 404).
+    let r = send(request(
+        Method::GET,
+        &format!("{}/v1/images", emu.base_url()),
+        None,
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let err = r.scp_error();
+    for name in [
+        "Scp-Accesskey",
+        "Scp-Timestamp",
+        "Scp-Signature",
+        "Scp-ClientType",
+    ] {
+        assert!(err["detail"].as_str().unwrap().contains(name), "{err}");
+    }
+    // Unsigned and unknown path: still 401 (authentication comes first).
+    let r = send(request(
+        Method::GET,
+        &format!("{}/v1/servers", emu.base_url()),
+        None,
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+fn may_31_2026_noon() -> SystemTime {
+    // 2026-05-31T12:00:00Z: virtualserver 1.1's last day.
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_228_800)
+}
+
+fn june_1_2026_noon() -> SystemTime {
+    may_31_2026_noon() + Duration::from_secs(86_400)
+}
+
+#[tokio::test]
+async fn bad_api_version_is_406() {
+    // Through the proxy: a pin the emulator does not know, and one past its date.
+    let emu = emulator().await;
+    for pin in ["9.9", "1.0"] {
+        let proxy = proxy_with(&emu, pin, AK, SECRET, ACCOUNT).await;
+        let r = call(&proxy, Method::GET, "/v1/images", None).await;
+        assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE, "{pin}: {}", r.text());
+        let err = r.scp_error();
+        assert_eq!(err["code"], "ApiVersion.NotAcceptable");
+        assert!(
+            err["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("virtualserver {pin}")),
+            "{err}"
+        );
+    }
+
+    // Directly, on fixed dates: the last day is still served, the day after is not.
+    let version = |req: &mut Request<Full<Bytes>>, v: &'static str| {
+        req.headers_mut()
+            .insert("scp-api-version", http::HeaderValue::from_static(v));
+    };
+    for (clock, v, want) in [
+        (
+            may_31_2026_noon as fn() -> SystemTime,
+            "virtualserver 1.1",
+            StatusCode::OK,
+        ),
+        (
+            june_1_2026_noon,
+            "virtualserver 1.1",
+            StatusCode::NOT_ACCEPTABLE,
+        ),
+        (june_1_2026_noon, "virtualserver 1.2", StatusCode::OK),
+        (june_1_2026_noon, "virtualserver 1.3", StatusCode::OK),
+        (june_1_2026_noon, "vpc 1.3", StatusCode::NOT_ACCEPTABLE),
+        (
+            june_1_2026_noon,
+            "virtualserver v1.3",
+            StatusCode::NOT_ACCEPTABLE,
+        ),
+    ] {
+        let mut o = options();
+        o.clock = clock;
+        let emu = emulator_with(o).await;
+        let mut req = signed(&emu, Method::GET, "/v1/images", None, SECRET, clock());
+        version(&mut req, v);
+        let r = send(req).await;
+        assert_eq!(r.status, want, "{v}: {}", r.text());
+        if want == StatusCode::NOT_ACCEPTABLE {
+            assert_eq!(r.scp_error()["code"], "ApiVersion.NotAcceptable");
+        }
+    }
+    // No header: served as CURRENT.
+    let emu = emulator().await;
+    let req = signed(
+        &emu,
+        Method::GET,
+        "/v1/images",
+        None,
+        SECRET,
+        SystemTime::now(),
+    );
+    assert!(req.headers().get("scp-api-version").is_none());
+    assert_eq!(send(req).await.status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------- versions and endpoints
+
+#[tokio::test]
+async fn version_list_is_unsigned_and_endpoint_catalog_is_signed() {
+    let emu = emulator().await;
+    let r = send(request(Method::GET, &format!("{}/", emu.base_url()), None)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    let versions = v["versions"].as_array().unwrap();
+    let got: Vec<(String, String, Value)> = versions
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["status"].as_str().unwrap().to_owned(),
+                v["not_before"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("v1.3".into(), "CURRENT".into(), Value::Null),
+            ("v1.2".into(), "SUPPORTED".into(), json!("2026-08-31")),
+            ("v1.1".into(), "DEPRECATED".into(), json!("2026-05-31")),
+            ("v1.0".into(), "DEPRECATED".into(), json!("2025-12-31")),
+        ]
+    );
+    assert!(versions[0]["links"].is_array());
+
+    let r = send(request(
+        Method::GET,
+        &format!("{}/v1/endpoints", emu.base_url()),
+        None,
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let proxy = proxy(&emu).await;
+    let r = call(&proxy, Method::GET, "/iam/v1/endpoints", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    let endpoints = v["endpoints"].as_array().unwrap();
+    let vs = endpoints
+        .iter()
+        .find(|e| e["service_name"] == "virtualserver")
+        .expect("virtualserver listed");
+    assert_eq!(vs["url"], emu.base_url());
+    assert_eq!(vs["service_type"], "scp-virtualserver");
+    assert_eq!(vs["region"], "kr-west1");
+    assert!(endpoints.iter().any(|e| e["service_name"] == "iam"));
+    // The endpoint catalog belongs to iam: a virtualserver version there is another service's.
+    let r = call(&proxy, Method::GET, "/v1/endpoints", None).await;
+    assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE, "{}", r.text());
+}
+
+// ---------------------------------------------------------------- images through the proxy
+
+#[tokio::test]
+async fn every_image_operation_end_to_end_through_the_proxy() {
+    let emu = emulator().await;
+    let proxy = proxy(&emu).await;
+
+    // Create: 201 with the new image, queued.
+    let created = call(
+        &proxy,
+        Method::POST,
+        "/v1/images",
+        Some(json!({"name": "app-base", "os_distro": "rocky", "url": good_url("app-base")})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let img = created.json();
+    let id = img["id"].as_str().unwrap().to_owned();
+    assert_eq!(img["status"], "queued");
+    assert_eq!(img["name"], "app-base");
+    assert_eq!(img["owner"], ACCOUNT);
+    assert_ne!(id, DEMO_IMAGE_ID);
+    let r = call(
+        &proxy,
+        Method::POST,
+        "/v1/images",
+        Some(json!({"name": "no-url", "os_distro": "rocky"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+
+    // List, with limit and marker.
+    let r = call(&proxy, Method::GET, "/v1/images", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let ids: Vec<_> = r.json()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, [DEMO_IMAGE_ID.to_owned(), id.clone()]);
+    let r = call(&proxy, Method::GET, "/v1/images?limit=1", None).await;
+    assert_eq!(r.json()["images"].as_array().unwrap().len(), 1);
+    let r = call(
+        &proxy,
+        Method::GET,
+        &format!("/v1/images?limit=1&marker={DEMO_IMAGE_ID}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["images"][0]["id"], id.as_str());
+    let r = call(&proxy, Method::GET, "/v1/images?marker=nope", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // Show; unknown id 404.
+    let r = call(&proxy, Method::GET, &format!("/v1/images/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["id"], id.as_str());
+    let r = call(&proxy, Method::GET, "/v1/images/no-such-image", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.scp_error()["code"], "Image.NotFound");
+
+    // Import: 202 with no body, then importing -> active; 409 while importing and after.
+    let import = |id: &str| format!("/v1/images/{id}/import");
+    let url = good_url("ubuntu-22.04");
+    let r = call(
+        &proxy,
+        Method::POST,
+        &import(DEMO_IMAGE_ID),
+        Some(json!({"url": url})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert!(r.body.is_empty());
+    let show = format!("/v1/images/{DEMO_IMAGE_ID}");
+    let r = call(&proxy, Method::GET, &show, None).await;
+    assert_eq!(r.json()["status"], "importing");
+    assert_eq!(r.json()["url"], url.as_str());
+    let r = call(
+        &proxy,
+        Method::POST,
+        &import(DEMO_IMAGE_ID),
+        Some(json!({"url": url})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(r.scp_error()["code"], "Image.InvalidState");
+    wait_for_status(&proxy, &show, "active").await;
+    let r = call(
+        &proxy,
+        Method::POST,
+        &import(DEMO_IMAGE_ID),
+        Some(json!({"url": url})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    // Unknown id: 404.
+    let r = call(
+        &proxy,
+        Method::POST,
+        &import("no-such-image"),
+        Some(json!({"url": url})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    // A bad URL is refused (by the proxy's own policy or by the emulator: 400 either way).
+    for bad in [
+        json!({"url": good_url("x").replace(".qcow2", ".img")}),
+        json!({"url": format!("{}?sig=1", good_url("x"))}),
+        json!({}),
+    ] {
+        let r = call(&proxy, Method::POST, &import(&id), Some(bad.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+    }
+    // The created image imports too.
+    let r = call(
+        &proxy,
+        Method::POST,
+        &import(&id),
+        Some(json!({"url": good_url("b")})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+
+    // Delete: 204, then 404.
+    let r = call(&proxy, Method::DELETE, &format!("/v1/images/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let r = call(&proxy, Method::DELETE, &format!("/v1/images/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(&proxy, Method::GET, &format!("/v1/images/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn emulator_enforces_import_url_rules_itself() {
+    // Signed directly, so the proxy's own URL policy cannot answer first.
+    let emu = emulator().await;
+    let post = |url: Value| {
+        signed(
+            &emu,
+            Method::POST,
+            &format!("/v1/images/{DEMO_IMAGE_ID}/import"),
+            Some(json!({ "url": url })),
+            SECRET,
+            SystemTime::now(),
+        )
+    };
+    for bad in [
+        json!("https://h/x.img"),
+        json!("https://h/x.qcow2?x"),
+        json!("https://h/x.QCOW2"),
+        json!(format!("https://h/{}.qcow2", "a".repeat(250))),
+        json!(null),
+        json!(12),
+    ] {
+        let r = send(post(bad.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        r.scp_error();
+    }
+    let mut req = post(json!("x"));
+    *req.body_mut() = Full::new(Bytes::from_static(b"{not json"));
+    // The body is not signed, so changing it keeps the signature valid.
+    let r = send(req).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.scp_error()["code"], "Request.InvalidBody");
+    let r = send(post(json!("https://h/x.qcow2"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+}
+
+// ---------------------------------------------------------------- key reload
+
+#[tokio::test]
+async fn reload_rereads_the_key_file_and_keeps_the_old_key_on_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "first-secret\n").unwrap();
+    let mut o = options();
+    o.secret = SecretSource::File(file.clone());
+    let emu = emulator_with(o).await;
+    let status = |secret: &'static str| {
+        let req = signed(
+            &emu,
+            Method::GET,
+            "/v1/images",
+            None,
+            secret,
+            SystemTime::now(),
+        );
+        async move { send(req).await.status }
+    };
+    assert_eq!(status("first-secret").await, StatusCode::OK);
+    std::fs::write(&file, "second-secret\n").unwrap();
+    // Not re-read until asked.
+    assert_eq!(status("first-secret").await, StatusCode::OK);
+    emu.reload().expect("reload");
+    assert_eq!(status("first-secret").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status("second-secret").await, StatusCode::OK);
+    // A broken file is refused and the running key stays.
+    std::fs::write(&file, "\n").unwrap();
+    let err = emu.reload().unwrap_err().to_string();
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert_eq!(status("second-secret").await, StatusCode::OK);
+
+    // A missing file fails at start, naming it.
+    let mut o = options();
+    o.secret = SecretSource::File(dir.path().join("nope"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = emulator::spawn(listener, o).await.unwrap_err().to_string();
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[tokio::test]
+async fn shutdown_stops_serving() {
+    let emu = emulator().await;
+    let addr = emu.addr();
+    emu.shutdown();
+    assert!(emu.wait().await);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+// ---------------------------------------------------------------- --profile dev
+
+#[tokio::test]
+async fn dev_profile_runs_the_whole_product_with_no_secret() {
+    let (cfg, _dir) = load(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[emulator]
+in_process = true
+import_delay = "200ms"
+[credentials]
+account_id = "dev-account"
+secret_key_file = "/nonexistent/never-read"
+[routing]
+default_service = "virtualserver"
+[services.virtualserver]
+api_version = "1.3"
+region = "kr-west1"
+"#,
+    );
+    let (proxy, emu) = emulator::start_dev(cfg).await.expect("dev starts");
+    assert!(emu.addr().ip().is_loopback());
+    // The README's quick start, through the proxy.
+    let url = "https://object-store.kr-west1.e.samsungsdscloud.com/dev-account:demo-bucket/images/ubuntu-22.04.qcow2";
+    let import = format!("/v1/images/{DEMO_IMAGE_ID}/import");
+    let r = call(&proxy, Method::POST, &import, Some(json!({ "url": url }))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let show = format!("/v1/images/{DEMO_IMAGE_ID}");
+    wait_for_status(&proxy, &show, "active").await;
+    let r = call(&proxy, Method::POST, &import, Some(json!({ "url": url }))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let r = call(
+        &proxy,
+        Method::POST,
+        &import,
+        Some(json!({ "url": "https://object-store.kr-west1.e.samsungsdscloud.com/dev-account:demo-bucket/images/ubuntu.img" })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // The emulator itself still refuses anything unsigned.
+    let r = send(request(
+        Method::GET,
+        &format!("{}/v1/images", emu.base_url()),
+        None,
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    proxy.shutdown();
+    emu.shutdown();
+}
+
+// ---------------------------------------------------------------- the binary
+
+const BIN: &str = env!("CARGO_BIN_EXE_scp-auth-proxy");
+
+/// A child process ended (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("SCP_SECRET_KEY")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first JSON log line whose message contains `message`.
+    fn wait_log(&mut self, message: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no log line with {message:?}; saw:\n{}",
+                    self.seen.join("\n")
+                )
+            });
+            self.seen.push(line.clone());
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"].as_str().is_some_and(|m| m.contains(message)) {
+                    return v;
+                }
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGTERM, then the exit status within 10 s; the rest of stderr is kept in `seen`.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.seen.extend(self.lines.try_iter());
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn standalone_emulator_rereads_its_key_file_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "sentinel-first-SECRET\n").unwrap();
+    let mut p = Proc::spawn(&[
+        "--log-format",
+        "json",
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--secret-key-file",
+        file.to_str().unwrap(),
+        "--import-delay",
+        "100ms",
+    ]);
+    let started = p.wait_log("SCP emulator listening");
+    let base = started["url"].as_str().expect("url logged").to_owned();
+    assert_eq!(started["access_key"], emulator::DEFAULT_ACCESS_KEY);
+    let status = |secret: &str| {
+        let mut req = request(Method::GET, &format!("{base}/v1/images"), None);
+        let store = CredentialStore::new(
+            Credentials::from_parts(
+                emulator::DEFAULT_ACCESS_KEY,
+                secret.as_bytes(),
+                "",
+                CLIENT_TYPE,
+                "test",
+            )
+            .unwrap(),
+        );
+        sign_request(&mut req, &store, SystemTime::now());
+        async move { send(req).await.status }
+    };
+    assert_eq!(status("sentinel-first-SECRET").await, StatusCode::OK);
+    std::fs::write(&file, "sentinel-second-SECRET\n").unwrap();
+    p.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("sentinel-second-SECRET").await != StatusCode::OK {
+        assert!(Instant::now() < deadline, "SIGHUP did not rotate the key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status("sentinel-first-SECRET").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(p.terminate().success());
+    let log = p.seen.join("\n");
+    assert!(!log.contains("SECRET"), "a secret reached the log:\n{log}");
+}
+
+#[test]
+fn standalone_emulator_needs_a_secret_but_no_config() {
+    let out = Command::new(BIN)
+        .args(["emulator", "--listen", "127.0.0.1:0"])
+        .env_remove("SCP_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--secret-key-file") && err.contains("SCP_SECRET_KEY"),
+        "{err}"
+    );
+    assert!(!err.contains("--profile"), "{err}");
+}
+
+fn config_dir() -> String {
+    format!("{}/config", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_config_profile_dev_succeeds_with_no_secret() {
+    let out = Command::new(BIN)
+        .args([
+            "check-config",
+            "--profile",
+            "dev",
+            "--config-dir",
+            &config_dir(),
+        ])
+        .env_remove("SCP_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("emulator"), "{text}");
+}
+
+#[tokio::test]
+async fn profile_dev_binary_serves_the_quick_start() {
+    let mut p = Proc::spawn(&[
+        "--log-format",
+        "json",
+        "--profile",
+        "dev",
+        "--config-dir",
+        &config_dir(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let started = p.wait_log("dev profile");
+    let proxy = started["proxy"]
+        .as_str()
+        .expect("proxy url logged")
+        .to_owned();
+    let emu = started["emulator"].as_str().expect("emulator url logged");
+    assert!(emu.starts_with("http://127.0.0.1:"), "{emu}");
+    let import = format!("{proxy}/v1/images/{DEMO_IMAGE_ID}/import");
+    let url = "https://object-store.kr-west1.e.samsungsdscloud.com/dev-account:demo-bucket/images/ubuntu-22.04.qcow2";
+    let r = send(request(Method::POST, &import, Some(json!({ "url": url })))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let r = send(request(
+        Method::GET,
+        &format!("{proxy}/v1/images/{DEMO_IMAGE_ID}"),
+        None,
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["status"], "importing");
+    let r = send(request(Method::POST, &import, Some(json!({ "url": url })))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.headers.contains_key("content-type"));
+    assert!(p.terminate().success());
+}
