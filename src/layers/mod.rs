@@ -1,8 +1,12 @@
 //! One tower layer per concern; [`crate::app::proxy_service`] composes them.
 
+pub mod allowlist;
 pub mod hygiene;
+pub mod image_import;
 pub mod limit;
 pub mod sign;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod trace;
 pub mod version;
 

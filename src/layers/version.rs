@@ -69,3 +69,67 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::test_support::{call_recorded, routed_request};
+    use http::HeaderValue;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn injects_passes_or_refuses() {
+        for (sent, want) in [
+            (vec![], Ok("virtualserver 1.3")),
+            (vec!["virtualserver 1.3"], Ok("virtualserver 1.3")),
+            (vec!["  virtualserver 1.3\t"], Ok("virtualserver 1.3")),
+            (vec!["virtualserver 1.2"], Err(())),
+            (vec!["iam 1.3"], Err(())),
+            (vec!["v1.3"], Err(())),
+            (vec!["1.3"], Err(())),
+            (vec!["virtualserver  1.3"], Err(())),
+            (vec!["VIRTUALSERVER 1.3"], Err(())),
+            (vec!["garbage"], Err(())),
+            (vec![""], Err(())),
+            (vec!["virtualserver 1.3", "virtualserver 1.3"], Err(())),
+        ] {
+            let mut req =
+                routed_request("virtualserver", "GET", "/v1/images", crate::body::empty());
+            for v in &sent {
+                req.headers_mut()
+                    .append(SCP_API_VERSION, HeaderValue::from_str(v).unwrap());
+            }
+            let (res, seen) = call_recorded(VersionPinLayer, req).await;
+            match want {
+                Ok(header) => {
+                    res.unwrap();
+                    let got = seen.requests.lock().unwrap();
+                    let values: Vec<_> =
+                        got[0].0.headers.get_all(&SCP_API_VERSION).iter().collect();
+                    assert_eq!(values, vec![header], "{sent:?}");
+                }
+                Err(()) => {
+                    let e = res.unwrap_err();
+                    assert_eq!(e.code(), "api_version_mismatch", "{sent:?}");
+                    assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+                    assert_eq!(seen.calls.load(Ordering::SeqCst), 0, "{sent:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn message_names_sent_and_pinned() {
+        let mut req = routed_request("virtualserver", "GET", "/v1/images", crate::body::empty());
+        req.headers_mut().insert(
+            SCP_API_VERSION,
+            HeaderValue::from_static("virtualserver 1.1"),
+        );
+        let (res, _) = call_recorded(VersionPinLayer, req).await;
+        let m = res.unwrap_err().message();
+        assert!(
+            m.contains("\"virtualserver 1.1\"") && m.contains("\"virtualserver 1.3\""),
+            "{m}"
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! Operation allowlist: pure rule parsing and matching.
+//!
+//! A rule is `METHOD /path/pattern`: the method matches exactly (`GET` does not cover `HEAD`);
+//! the pattern is `/`-separated segments where `*` matches exactly one non-empty segment, `**`
+//! any number of segments (zero included, so `/v1/images/**` covers `/v1/images` itself), and
+//! anything else matches that segment byte for byte. Matching runs on the raw path (no
+//! percent-decoding) after the service prefix is stripped; the query is not part of it.
+//!
+//! Because a raw match could be read differently by the upstream, a service with an allowlist
+//! first refuses paths that are not canonical: `.`/`..` segments (also before a `;`
+//! parameter) and encoded `/`, `.` or `\` (`%2F`, `%2E`, `%5C`, any case), and a raw `\`.
+
+/// One allowlist entry, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// As written in the config, for messages and metrics.
+    pub text: String,
+    method: String,
+    segments: Vec<Seg>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seg {
+    Literal(String),
+    One,
+    Any,
+}
+
+/// Splits a path into segments: `/` -> `[""]`, `/a/b` -> `["a", "b"]`, `/a/` -> `["a", ""]`.
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.strip_prefix('/').unwrap_or(path).split('/')
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Characters a raw path segment may hold (RFC 3986 pchar, `%` for escapes).
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()+,;=:@%".contains(&b)
+}
+
+impl Rule {
+    /// Parses `"METHOD /pattern"`; the error says what to fix.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let Some((method, pattern)) = t.split_once(' ') else {
+            return Err(format!(
+                "{text:?} is not \"METHOD /path\"; e.g. \"GET /v1/images/**\""
+            ));
+        };
+        let pattern = pattern.trim_start();
+        if method.is_empty() || !method.bytes().all(is_tchar) || method.contains('*') {
+            return Err(format!(
+                "{text:?}: {method:?} is not an HTTP method; write one method per rule, e.g. GET"
+            ));
+        }
+        if !method.bytes().all(|b| !b.is_ascii_lowercase()) {
+            return Err(format!(
+                "{text:?}: methods match exactly; write {:?}",
+                method.to_ascii_uppercase()
+            ));
+        }
+        if !pattern.starts_with('/') {
+            return Err(format!(
+                "{text:?}: the path pattern must start with '/', e.g. /v1/images/**"
+            ));
+        }
+        let mut segs = Vec::new();
+        for s in segments(pattern) {
+            segs.push(match s {
+                "*" => Seg::One,
+                "**" => Seg::Any,
+                s if s.contains('*') => {
+                    return Err(format!(
+                        "{text:?}: `*` and `**` must be a whole segment (found {s:?})"
+                    ))
+                }
+                "." | ".." => {
+                    return Err(format!(
+                        "{text:?}: `.` and `..` segments are refused on services with an allowlist, so no rule can match them"
+                    ))
+                }
+                s if !s.bytes().all(is_pchar) => {
+                    return Err(format!(
+                        "{text:?}: segment {s:?} holds a character that cannot appear raw in a path (no query or fragment in a rule)"
+                    ))
+                }
+                s => Seg::Literal(s.to_owned()),
+            });
+        }
+        Ok(Self {
+            text: format!("{method} {pattern}"),
+            method: method.to_owned(),
+            segments: segs,
+        })
+    }
+
+    /// Whether `method` and the raw `path` match this rule.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        if method != self.method {
+            return false;
+        }
+        let path: Vec<&str> = segments(path).collect();
+        matches_segments(&self.segments, &path)
+    }
+}
+
+/// Glob matching over segments, iterative with backtracking on the last `**` (linear-ish, no
+/// recursion, so a long path cannot blow the stack).
+fn matches_segments(pat: &[Seg], path: &[&str]) -> bool {
+    let (mut p, mut s) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while s < path.len() {
+        match pat.get(p) {
+            Some(Seg::Any) => {
+                star = Some((p, s));
+                p += 1;
+            }
+            Some(Seg::One) if !path[s].is_empty() => {
+                p += 1;
+                s += 1;
+            }
+            Some(Seg::Literal(l)) if l == path[s] => {
+                p += 1;
+                s += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    p = sp + 1;
+                    s = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pat[p..].iter().all(|x| *x == Seg::Any)
+}
+
+/// Why a path is refused before matching, on services with an allowlist.
+pub fn non_canonical(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Some("has an encoded '/' or '\\' (%2F, %5C)");
+    }
+    if lower.contains("%2e") {
+        return Some("has an encoded '.' (%2E)");
+    }
+    if path.contains('\\') {
+        return Some("has a '\\'");
+    }
+    if segments(path).any(|s| {
+        let s = s.split(';').next().unwrap_or(s);
+        s == "." || s == ".."
+    }) {
+        return Some("has a `.` or `..` segment");
+    }
+    None
+}
+
+/// A service's parsed allowlist.
+#[derive(Clone, Debug)]
+pub struct Allowlist {
+    pub rules: Vec<Rule>,
+}
+
+/// The outcome for one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision<'a> {
+    Allowed(&'a Rule),
+    NotCanonical(&'static str),
+    Refused,
+}
+
+impl Allowlist {
+    pub fn parse(rules: &[String]) -> Result<Self, String> {
+        Ok(Self {
+            rules: rules
+                .iter()
+                .map(|r| Rule::parse(r))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn decide(&self, method: &str, path: &str) -> Decision<'_> {
+        if let Some(why) = non_canonical(path) {
+            return Decision::NotCanonical(why);
+        }
+        match self.rules.iter().find(|r| r.matches(method, path)) {
+            Some(r) => Decision::Allowed(r),
+            None => Decision::Refused,
+        }
+    }
+
+    /// The rules, for messages: `["GET /v1/images/**", ...]`.
+    pub fn describe(&self) -> String {
+        let list: Vec<String> = self
+            .rules
+            .iter()
+            .map(|r| format!("\"{}\"", r.text))
+            .collect();
+        format!("[{}]", list.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn m(rule: &str, method: &str, path: &str) -> bool {
+        Rule::parse(rule).unwrap().matches(method, path)
+    }
+
+    #[test]
+    fn matching_table() {
+        for (rule, method, path, want) in [
+            ("GET /v1/images/**", "GET", "/v1/images", true),
+            ("GET /v1/images/**", "GET", "/v1/images/", true),
+            ("GET /v1/images/**", "GET", "/v1/images/abc", true),
+            ("GET /v1/images/**", "GET", "/v1/images/abc/def/ghi", true),
+            ("GET /v1/images/**", "HEAD", "/v1/images/abc", false),
+            ("GET /v1/images/**", "get", "/v1/images/abc", false),
+            ("GET /v1/images/**", "POST", "/v1/images/abc", false),
+            ("GET /v1/images/**", "GET", "/v1/imagesx", false),
+            ("GET /v1/images/**", "GET", "/v1", false),
+            ("GET /v1/images/**", "GET", "/v2/images/a", false),
+            (
+                "POST /v1/images/*/import",
+                "POST",
+                "/v1/images/abc/import",
+                true,
+            ),
+            (
+                "POST /v1/images/*/import",
+                "POST",
+                "/v1/images//import",
+                false,
+            ),
+            (
+                "POST /v1/images/*/import",
+                "POST",
+                "/v1/images/a/b/import",
+                false,
+            ),
+            (
+                "POST /v1/images/*/import",
+                "POST",
+                "/v1/images/abc/import/",
+                false,
+            ),
+            (
+                "POST /v1/images/*/import",
+                "POST",
+                "/v1/images/abc/Import",
+                false,
+            ),
+            ("POST /v1/images/*/import", "POST", "/v1/images/abc", false),
+            ("POST /v1/images", "POST", "/v1/images", true),
+            ("POST /v1/images", "POST", "/v1/images/", false),
+            ("GET /", "GET", "/", true),
+            ("GET /", "GET", "/x", false),
+            ("GET /**", "GET", "/", true),
+            ("GET /**", "GET", "/anything/at/all", true),
+            ("GET /**/import", "GET", "/import", true),
+            ("GET /**/import", "GET", "/a/b/import", true),
+            ("GET /**/import", "GET", "/a/b/import/x", false),
+            ("GET /v1/**/servers/*", "GET", "/v1/a/b/servers/s1", true),
+            ("GET /v1/**/servers/*", "GET", "/v1/servers/s1", true),
+            ("GET /v1/**/servers/*", "GET", "/v1/servers/", false),
+            ("GET /v1/*/x/**/y", "GET", "/v1/a/x/y", true),
+            ("GET /v1/*/x/**/y", "GET", "/v1/a/x/p/q/y", true),
+            ("GET /v1/*/x/**/y", "GET", "/v1/a/b/x/y", false),
+            // raw, not decoded
+            ("GET /v1/images/*", "GET", "/v1/images/a%20b", true),
+            ("GET /v1/images", "GET", "/v1/%69mages", false),
+        ] {
+            assert_eq!(m(rule, method, path), want, "{rule} vs {method} {path}");
+        }
+    }
+
+    #[test]
+    fn parse_table() {
+        for ok in [
+            "GET /v1/images/**",
+            "POST /v1/images/*/import",
+            "  DELETE   /v1/images/*  ",
+            "GET /",
+            "PATCH /v1/a:b/c@d",
+        ] {
+            assert!(Rule::parse(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            Rule::parse("  DELETE   /v1/images/*  ").unwrap().text,
+            "DELETE /v1/images/*"
+        );
+        for (bad, says) in [
+            ("GET", "METHOD /path"),
+            ("/v1/images", "METHOD /path"),
+            ("get /v1", "\"GET\""),
+            ("* /v1", "not an HTTP method"),
+            ("GET v1/images", "start with '/'"),
+            ("GET /v1/ima*", "whole segment"),
+            ("GET /v1/***", "whole segment"),
+            ("GET /v1/../x", "`.` and `..`"),
+            ("GET /v1/images?x=1", "cannot appear raw"),
+            ("GET /v1/images#x", "cannot appear raw"),
+            ("GET /v1/a b", "cannot appear raw"),
+            ("GET,POST /v1", "not an HTTP method"),
+        ] {
+            let e = Rule::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn canonical_table() {
+        for (path, refused) in [
+            ("/v1/images/abc", false),
+            ("/v1/images/a.b/c..d/.e", false),
+            ("/v1/images/a%20b", false),
+            ("/v1/images/../servers", true),
+            ("/v1/images/./x", true),
+            ("/v1/images/..", true),
+            ("/v1/images/..;x/servers", true),
+            ("/v1/images/.;/servers", true),
+            ("/v1/images%2Fx", true),
+            ("/v1/images%2fx", true),
+            ("/v1/images/%2E%2E/x", true),
+            ("/v1/images/%2e", true),
+            ("/v1/images%5cx", true),
+            ("/v1/images\\x", true),
+        ] {
+            assert_eq!(non_canonical(path).is_some(), refused, "{path}");
+        }
+    }
+
+    #[test]
+    fn decide_names_the_rule() {
+        let list = Allowlist::parse(&[
+            "GET /v1/images/**".to_owned(),
+            "POST /v1/images/*/import".to_owned(),
+        ])
+        .unwrap();
+        assert_eq!(
+            list.decide("POST", "/v1/images/x/import"),
+            Decision::Allowed(&list.rules[1])
+        );
+        assert_eq!(list.decide("DELETE", "/v1/images/x"), Decision::Refused);
+        assert!(matches!(
+            list.decide("GET", "/v1/images/%2e%2e/servers"),
+            Decision::NotCanonical(_)
+        ));
+        assert_eq!(
+            list.describe(),
+            r#"["GET /v1/images/**", "POST /v1/images/*/import"]"#
+        );
+    }
+
+    /// A reference matcher: plain recursion, obviously right, exponential in the worst case.
+    fn reference(pat: &[Seg], path: &[&str]) -> bool {
+        match (pat.first(), path.first()) {
+            (None, None) => true,
+            (Some(Seg::Any), _) => {
+                reference(&pat[1..], path) || (!path.is_empty() && reference(pat, &path[1..]))
+            }
+            (Some(Seg::One), Some(s)) => !s.is_empty() && reference(&pat[1..], &path[1..]),
+            (Some(Seg::Literal(l)), Some(s)) => l == s && reference(&pat[1..], &path[1..]),
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn matcher_agrees_with_reference(
+            pat in proptest::collection::vec(prop_oneof!["a", "b", "", "\\*", "\\*\\*"], 0..6),
+            path in proptest::collection::vec(prop_oneof!["a", "b", ""], 0..8),
+        ) {
+            let rule = format!("GET /{}", pat.join("/"));
+            let path = format!("/{}", path.join("/"));
+            let r = Rule::parse(&rule).unwrap();
+            let segs: Vec<&str> = segments(&path).collect();
+            prop_assert_eq!(r.matches("GET", &path), reference(&r.segments, &segs), "{} vs {}", rule, path);
+        }
+    }
+}

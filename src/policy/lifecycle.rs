@@ -1,0 +1,579 @@
+//! Version lifecycle: what the built-in catalog (and, when asked, the upstream's live version
+//! list) says about each service's pinned `api_version`, as pure functions of a given day.
+//!
+//! Used by `check-config` (errors fail it unless the service sets
+//! `allow_unsupported_version = true`), by serving (logged at start and hourly, and the days-left
+//! metric) and by `versions`.
+
+use std::time::Duration;
+
+use crate::catalog::{self, Date, Status};
+use crate::config::ServiceConfig;
+
+/// A pin within this many days of its last supported day is warned about.
+pub const WARN_DAYS: i64 = 90;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warn,
+    Error,
+}
+
+/// One thing to tell the operator about a service's pin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub service: String,
+    pub severity: Severity,
+    /// Stable name of what was found, for logs.
+    pub kind: &'static str,
+    pub message: String,
+    /// True when this finding must fail `check-config` (an error the service did not waive).
+    pub blocks_deploy: bool,
+}
+
+/// The catalog's verdict on a service's pin on `today`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assessment {
+    /// Days until the pin's last supported day (negative past it); `None` when the catalog
+    /// announces no end or does not know the pin.
+    pub days_left: Option<i64>,
+    pub findings: Vec<Finding>,
+}
+
+impl Assessment {
+    /// Whether the pin is past its date (or not callable at all).
+    pub fn is_unsupported(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+fn newest(service: &str) -> String {
+    match catalog::current(service) {
+        Some(v) => format!("{} ({})", v.version, v.status.as_str()),
+        None => "none known".to_owned(),
+    }
+}
+
+fn known_list(service: &str) -> String {
+    catalog::versions_of(service)
+        .map(|v| match v.last_day {
+            Some(d) => format!("{} {} until {d}", v.version, v.status.as_str()),
+            None => format!("{} {}", v.version, v.status.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Assesses `svc`'s pin against the built-in catalog on `today` (UTC).
+pub fn assess(svc: &ServiceConfig, today: Date) -> Assessment {
+    let name = svc.name.as_str();
+    let pin = svc.api_version.as_str();
+    let finding = |severity: Severity, kind: &'static str, message: String| Finding {
+        service: name.to_owned(),
+        severity,
+        kind,
+        message,
+        blocks_deploy: severity == Severity::Error && !svc.allow_unsupported_version,
+    };
+    let waiver = if svc.allow_unsupported_version {
+        " (allowed by services.NAME.allow_unsupported_version = true)".replace("NAME", name)
+    } else {
+        format!(
+            "; move services.{name}.api_version to a supported version, or set services.{name}.allow_unsupported_version = true to deploy anyway"
+        )
+    };
+    if catalog::versions_of(name).next().is_none() {
+        return Assessment {
+            days_left: None,
+            findings: vec![finding(
+                Severity::Warn,
+                "unknown_service",
+                format!("the version catalog does not know service {name:?}; its pin {pin} is not checked against a lifecycle"),
+            )],
+        };
+    }
+    let Some(v) = catalog::find(name, pin) else {
+        return Assessment {
+            days_left: None,
+            findings: vec![finding(
+                Severity::Warn,
+                "unknown_version",
+                format!(
+                    "{name} {pin} is not in the version catalog (known: {}); SCP may refuse it with 406",
+                    known_list(name)
+                ),
+            )],
+        };
+    };
+    let days_left = v.days_left(today);
+    let mut findings = Vec::new();
+    if v.status == Status::Planned {
+        findings.push(finding(
+            Severity::Error,
+            "planned",
+            format!(
+                "{name} {pin} is PLANNED: documented but not callable yet; the newest callable version is {}{waiver}",
+                newest(name)
+            ),
+        ));
+    }
+    match (v.last_day, days_left) {
+        (Some(last), Some(d)) if d < 0 => findings.push(finding(
+            Severity::Error,
+            "unsupported",
+            format!(
+                "{name} {pin} was supported until {last} and is no longer ({} days ago); SCP answers 406 to it; the newest version is {}{waiver}",
+                -d,
+                newest(name)
+            ),
+        )),
+        (Some(last), Some(d)) if d <= WARN_DAYS => findings.push(finding(
+            Severity::Warn,
+            "ending_soon",
+            format!(
+                "{name} {pin} is {} and supported until {last} ({d} days left); move to {} before then",
+                v.status.as_str(),
+                newest(name)
+            ),
+        )),
+        _ => {}
+    }
+    Assessment {
+        days_left,
+        findings,
+    }
+}
+
+/// The catalog as a table, days left counted from `today`; `pins` (service, version) are
+/// marked with `*`.
+pub fn catalog_table(today: Date, pins: &[(&str, &str)]) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(o, "# built-in version catalog, as of {today} (UTC)");
+    let _ = writeln!(
+        o,
+        "{:<16} {:<8} {:<11} {:<10} {:>9}",
+        "SERVICE", "VERSION", "STATUS", "LAST DAY", "DAYS LEFT"
+    );
+    for v in catalog::CATALOG {
+        let pinned = pins.contains(&(v.service, v.version));
+        let version = format!("{}{}", v.version, if pinned { "*" } else { "" });
+        let (last, left) = match (v.last_day, v.days_left(today)) {
+            (Some(d), Some(n)) if n < 0 => (d.to_string(), format!("{n} (ended)")),
+            (Some(d), Some(n)) => (d.to_string(), n.to_string()),
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
+        let _ = writeln!(
+            o,
+            "{:<16} {:<8} {:<11} {:<10} {:>9}",
+            v.service,
+            version,
+            v.status.as_str(),
+            last,
+            left
+        );
+    }
+    if !pins.is_empty() {
+        let _ = writeln!(o, "(* pinned by the configuration)");
+    }
+    o
+}
+
+/// A live version list as lines.
+pub fn live_table(svc: &ServiceConfig, live: &[LiveVersion]) -> String {
+    use std::fmt::Write as _;
+    let mut o = format!("# {} live versions at {}/\n", svc.name, svc.upstream.base);
+    for l in live {
+        let _ = writeln!(
+            o,
+            "{:<16} {:<8} {:<11} {:<10}",
+            svc.name,
+            l.id,
+            l.status,
+            l.not_before.as_deref().unwrap_or("-")
+        );
+    }
+    o
+}
+
+// ---------------------------------------------------------------- the live version list
+
+/// How long the live version check may take.
+pub const LIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest version-list body read.
+const LIVE_MAX_BODY: usize = 256 * 1024;
+
+/// One entry of a service's live version list (`GET /` on the service root).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct LiveVersion {
+    /// e.g. `v1.3`
+    pub id: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub not_before: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct LiveList {
+    versions: Vec<LiveVersion>,
+}
+
+/// Parses a version list body.
+pub fn parse_live(body: &[u8]) -> Result<Vec<LiveVersion>, String> {
+    serde_json::from_slice::<LiveList>(body)
+        .map(|l| l.versions)
+        .map_err(|e| format!("not a version list ({{\"versions\":[...]}}): {e}"))
+}
+
+/// Where the live list disagrees with the catalog or the pin. All warnings.
+pub fn compare_live(svc: &ServiceConfig, live: &[LiveVersion]) -> Vec<Finding> {
+    let name = svc.name.as_str();
+    let warn = |kind: &'static str, message: String| Finding {
+        service: name.to_owned(),
+        severity: Severity::Warn,
+        kind,
+        message,
+        blocks_deploy: false,
+    };
+    let strip = |id: &str| id.strip_prefix('v').unwrap_or(id).to_owned();
+    let mut out = Vec::new();
+    match live.iter().find(|l| strip(&l.id) == svc.api_version) {
+        None => out.push(warn(
+            "live_pin_missing",
+            format!(
+                "{} does not list {name} {} among its versions ({}); requests may be refused",
+                svc.upstream.base,
+                svc.api_version,
+                live.iter()
+                    .map(|l| format!("{} {}", l.id, l.status))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        Some(l) if l.status.eq_ignore_ascii_case("PLANNED") => out.push(warn(
+            "live_pin_planned",
+            format!(
+                "{} lists the pinned {name} {} as PLANNED (not callable yet)",
+                svc.upstream.base, l.id
+            ),
+        )),
+        Some(_) => {}
+    }
+    for l in live {
+        let version = strip(&l.id);
+        match catalog::find(name, &version) {
+            None => out.push(warn(
+                "live_unknown_version",
+                format!(
+                    "{} lists {name} {} ({}) which the built-in catalog does not know; a newer proxy may know it",
+                    svc.upstream.base, l.id, l.status
+                ),
+            )),
+            Some(c) => {
+                if !l.status.eq_ignore_ascii_case(c.status.as_str()) {
+                    out.push(warn(
+                        "live_status_differs",
+                        format!(
+                            "{} says {name} {} is {}, the built-in catalog says {}",
+                            svc.upstream.base,
+                            l.id,
+                            l.status,
+                            c.status.as_str()
+                        ),
+                    ));
+                }
+                let live_day = l.not_before.as_deref().and_then(Date::parse);
+                if let (Some(live_day), Some(cat_day)) = (live_day, c.last_day) {
+                    if live_day != cat_day {
+                        out.push(warn(
+                            "live_date_differs",
+                            format!(
+                                "{} says {name} {} is supported until {live_day}, the built-in catalog says {cat_day}",
+                                svc.upstream.base, l.id
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for c in catalog::versions_of(name) {
+        if !live.iter().any(|l| strip(&l.id) == c.version) {
+            out.push(warn(
+                "live_version_missing",
+                format!(
+                    "{} does not list {name} {} ({} in the built-in catalog)",
+                    svc.upstream.base,
+                    c.version,
+                    c.status.as_str()
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Reads `svc`'s live version list: unsigned `GET /` on the service root, within `timeout`,
+/// through the same egress (and CA file) as forwarded requests.
+pub async fn fetch_live(
+    svc: &ServiceConfig,
+    egress: &crate::forward::Egress,
+    timeout: Duration,
+) -> Result<Vec<LiveVersion>, String> {
+    use http_body_util::{BodyExt, Limited};
+
+    let client = crate::forward::client_for(svc, egress).map_err(|e| e.to_string())?;
+    let req = http::Request::get(format!("{}/", svc.upstream.base))
+        .header(http::header::ACCEPT, "application/json")
+        .body(crate::body::empty())
+        .map_err(|e| e.to_string())?;
+    let work = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("GET {}/ failed: {e}", svc.upstream.base))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), LIVE_MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the version list failed: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("GET {}/ answered {status}", svc.upstream.base));
+        }
+        parse_live(&body)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("GET {}/ took longer than {timeout:?}", svc.upstream.base))?
+}
+
+// ---------------------------------------------------------------- while serving
+
+/// How often an unsupported pin is logged again (and the days-left metric refreshed).
+pub const RELOG_EVERY: Duration = Duration::from_secs(3600);
+
+fn log(f: &Finding) {
+    match f.severity {
+        Severity::Error => {
+            tracing::error!(service = %f.service, kind = f.kind, "api version: {}", f.message)
+        }
+        Severity::Warn => {
+            tracing::warn!(service = %f.service, kind = f.kind, "api version: {}", f.message)
+        }
+    }
+}
+
+/// Assesses every pin on `today`, sets `scp_auth_proxy_api_version_days_left`, and logs the
+/// findings (only errors when `errors_only`). Returns whether any pin is unsupported.
+pub fn report(
+    services: &[ServiceConfig],
+    today: Date,
+    metrics: &crate::metrics::Metrics,
+    errors_only: bool,
+) -> bool {
+    let mut unsupported = false;
+    for svc in services {
+        let a = assess(svc, today);
+        if let Some(d) = a.days_left {
+            metrics
+                .version_days_left
+                .get_or_create(&crate::metrics::ServiceLabel {
+                    service: svc.name.clone(),
+                })
+                .set(d);
+        }
+        unsupported |= a.is_unsupported();
+        for f in &a.findings {
+            if !errors_only || f.severity == Severity::Error {
+                log(f);
+            }
+        }
+    }
+    unsupported
+}
+
+/// The background side of serving: once, each service's live version list is compared with
+/// the catalog (when `check_live`; loopback upstreams, the emulator or a test double, are
+/// skipped); then every hour the days-left metric is refreshed and unsupported pins are logged
+/// again. Start-up never waits for it.
+pub fn spawn_monitor(
+    services: Vec<ServiceConfig>,
+    metrics: crate::metrics::Metrics,
+    egress: crate::forward::Egress,
+    check_live: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if check_live {
+            let checks = services
+                .iter()
+                .filter(|s| !s.upstream.is_loopback())
+                .map(|svc| {
+                    let egress = &egress;
+                    async move {
+                        match fetch_live(svc, egress, LIVE_TIMEOUT).await {
+                            Ok(live) => compare_live(svc, &live).iter().for_each(log),
+                            Err(e) => tracing::warn!(
+                                service = %svc.name,
+                                "api version: could not read the live version list ({e}); set server.check_live_versions = false to skip this check"
+                            ),
+                        }
+                    }
+                });
+            futures_util::future::join_all(checks).await;
+        }
+        let mut tick = tokio::time::interval(RELOG_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: start-up has just reported.
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            report(
+                &services,
+                Date::of(std::time::SystemTime::now()),
+                &metrics,
+                true,
+            );
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Upstream;
+
+    fn svc(name: &str, pin: &str, allow: bool) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            upstream: Upstream::parse("https://virtualserver.kr-west1.e.samsungsdscloud.com")
+                .unwrap(),
+            api_version: pin.into(),
+            region: Some("kr-west1".into()),
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            allow: None,
+            allow_unsupported_version: allow,
+        }
+    }
+
+    fn kinds(a: &Assessment) -> Vec<(&'static str, Severity, bool)> {
+        a.findings
+            .iter()
+            .map(|f| (f.kind, f.severity, f.blocks_deploy))
+            .collect()
+    }
+
+    #[test]
+    fn lifecycle_table() {
+        let d = Date::new;
+        for (pin, today, allow, days, want) in [
+            ("1.3", d(2026, 6, 1), false, None, vec![]),
+            ("1.2", d(2026, 1, 1), false, Some(242), vec![]),
+            // 90 days before 2026-08-31 is 2026-06-02: warned from then on
+            ("1.2", d(2026, 6, 1), false, Some(91), vec![]),
+            (
+                "1.2",
+                d(2026, 6, 2),
+                false,
+                Some(90),
+                vec![("ending_soon", Severity::Warn, false)],
+            ),
+            (
+                "1.1",
+                d(2026, 5, 31),
+                false,
+                Some(0),
+                vec![("ending_soon", Severity::Warn, false)],
+            ),
+            (
+                "1.1",
+                d(2026, 6, 1),
+                false,
+                Some(-1),
+                vec![("unsupported", Severity::Error, true)],
+            ),
+            (
+                "1.1",
+                d(2026, 6, 1),
+                true,
+                Some(-1),
+                vec![("unsupported", Severity::Error, false)],
+            ),
+            (
+                "1.0",
+                d(2026, 6, 1),
+                false,
+                Some(-152),
+                vec![("unsupported", Severity::Error, true)],
+            ),
+            (
+                "9.9",
+                d(2026, 6, 1),
+                false,
+                None,
+                vec![("unknown_version", Severity::Warn, false)],
+            ),
+        ] {
+            let a = assess(&svc("virtualserver", pin, allow), today);
+            assert_eq!(a.days_left, days, "{pin} on {today}");
+            assert_eq!(kinds(&a), want, "{pin} on {today}");
+        }
+        let a = assess(&svc("dns", "1.0", false), d(2026, 6, 1));
+        assert_eq!(kinds(&a), vec![("unknown_service", Severity::Warn, false)]);
+    }
+
+    #[test]
+    fn past_date_names_the_date_and_the_newest_version() {
+        let a = assess(&svc("virtualserver", "1.1", false), Date::new(2026, 6, 1));
+        let m = &a.findings[0].message;
+        assert!(m.contains("2026-05-31") && m.contains("1.3"), "{m}");
+        assert!(m.contains("allow_unsupported_version"), "{m}");
+        assert!(a.is_unsupported());
+    }
+
+    #[test]
+    fn table_marks_pins_and_counts_days() {
+        let t = catalog_table(Date::new(2026, 6, 1), &[("virtualserver", "1.1")]);
+        assert!(t.contains("as of 2026-06-01"), "{t}");
+        let line = t.lines().find(|l| l.contains("1.1*")).unwrap();
+        assert!(
+            line.contains("DEPRECATED")
+                && line.contains("2026-05-31")
+                && line.contains("-1 (ended)"),
+            "{t}"
+        );
+        let line = t.lines().find(|l| l.contains(" 1.2 ")).unwrap();
+        assert!(line.trim_end().ends_with("91"), "{t}");
+    }
+
+    #[test]
+    fn live_list_comparison() {
+        let body = br#"{"versions":[
+            {"id":"v1.3","status":"CURRENT","not_before":null,"links":[]},
+            {"id":"v1.2","status":"SUPPORTED","not_before":"2026-08-31"},
+            {"id":"v1.1","status":"DEPRECATED","not_before":"2026-06-30"},
+            {"id":"v1.4","status":"PLANNED"}
+        ]}"#;
+        let live = parse_live(body).unwrap();
+        let f = compare_live(&svc("virtualserver", "1.3", false), &live);
+        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "live_date_differs",
+                "live_unknown_version",
+                "live_version_missing"
+            ],
+            "{f:#?}"
+        );
+        assert!(f
+            .iter()
+            .all(|f| f.severity == Severity::Warn && !f.blocks_deploy));
+        let f = compare_live(&svc("virtualserver", "1.0", false), &live);
+        assert_eq!(f[0].kind, "live_pin_missing");
+        assert!(parse_live(b"<html>").is_err());
+    }
+}
