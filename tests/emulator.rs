@@ -822,6 +822,30 @@ region = "kr-west1"
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     proxy.shutdown();
     emu.shutdown();
+
+    // The throwaway-key emulator never listens beyond loopback.
+    let (cfg, _dir) = load(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[emulator]
+in_process = true
+listen = "0.0.0.0:0"
+[routing]
+default_service = "virtualserver"
+[services.virtualserver]
+api_version = "1.3"
+"#,
+    );
+    let Err(err) = emulator::start_dev(cfg).await else {
+        panic!("dev started on 0.0.0.0");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("emulator.listen") && err.contains("loopback"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------- the binary

@@ -307,6 +307,8 @@ pub fn standalone_options(
 /// Why `--profile dev` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DevStartError {
+    #[error("emulator.listen = {0}: the in-process emulator accepts a throwaway key and must listen on loopback (e.g. 127.0.0.1:0)")]
+    NotLoopback(SocketAddr),
     #[error("cannot make throwaway credentials from /dev/urandom: {0}")]
     Random(#[source] std::io::Error),
     #[error("cannot listen on {addr} (emulator.listen): {source}")]
@@ -329,9 +331,12 @@ pub enum DevStartError {
 /// every service at it, and starts the proxy with the same credentials, held in memory only.
 /// No secret file or variable is read: the credential checks of a real profile do not apply.
 pub async fn start_dev(mut config: Config) -> Result<(Running, EmulatorHandle), DevStartError> {
+    let listen = config.emulator.listen;
+    if !listen.ip().is_loopback() {
+        return Err(DevStartError::NotLoopback(listen));
+    }
     let access_key = format!("dev-{}", random_hex(8).map_err(DevStartError::Random)?);
     let secret = Zeroizing::new(random_hex(32).map_err(DevStartError::Random)?);
-    let listen = config.emulator.listen;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| DevStartError::Bind {
