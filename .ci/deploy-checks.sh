@@ -13,7 +13,7 @@
 # Needs only the package registries (PyPI, for the pinned tools). Prints one line per check and
 # exits non-zero when any check fails.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
 BIN=${1:-target/debug/scp-auth-proxy}
 KUBE_VERSION=${KUBE_VERSION:-1.33.0}
@@ -68,7 +68,8 @@ for m in "${manifests[@]}"; do
 done
 # The kustomizations list plain files (tests/deploy.rs checks the lists); render them too when
 # kubectl (which carries kustomize) is on the machine.
-for k in $(find deploy/kubernetes -name kustomization.yaml | sort); do
+mapfile -t kustomizations < <(find deploy/kubernetes -name kustomization.yaml | sort)
+for k in "${kustomizations[@]}"; do
   dir=$(dirname "$k")
   if command -v kubectl >/dev/null 2>&1; then
     out="$work/rendered-$(basename "$dir").yaml"
@@ -86,7 +87,7 @@ done
 
 # ------------------------------------------------------------------ 2. Dockerfile
 echo "== Dockerfile"
-check "hadolint deploy/docker/Dockerfile" "$VENV/bin/hadolint" deploy/docker/Dockerfile
+check "hadolint deploy/docker/Dockerfile" "$VENV/bin/hadolint" --no-color deploy/docker/Dockerfile
 
 # ------------------------------------------------------------------ 3. check-config
 echo "== check-config ($BIN)"
