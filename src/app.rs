@@ -13,7 +13,9 @@ use crate::body::Body;
 use crate::credentials::CredentialStore;
 use crate::error::RescueLayer;
 use crate::forward::{Forward, TlsSetupError};
+use crate::layers::allowlist::OperationAllowlistLayer;
 use crate::layers::hygiene::HeaderHygieneLayer;
+use crate::layers::image_import::ImageImportLayer;
 use crate::layers::limit::ConcurrencyLimitLayer;
 use crate::layers::sign::SignLayer;
 use crate::layers::trace::TraceLayer;
@@ -28,6 +30,10 @@ pub struct ProxyParts {
     pub credentials: CredentialStore,
     pub metrics: Metrics,
     pub max_concurrent_requests: usize,
+    /// Per-service operation allowlists (`services.NAME.allow`), parsed at start.
+    pub allowlist: OperationAllowlistLayer,
+    /// Image import URL checks, with the account id and body bound from config.
+    pub image_import: ImageImportLayer,
 }
 
 pub type ProxyService = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
@@ -54,6 +60,11 @@ pub fn proxy_service(parts: ProxyParts) -> Result<ProxyService, TlsSetupError> {
         .layer(HeaderHygieneLayer)
         // Inject or enforce the pinned Scp-Api-Version.
         .layer(VersionPinLayer)
+        // Refuse operations outside the service's allowlist before any body is read for them.
+        .layer(parts.allowlist)
+        // Read and check image-import bodies last, so only allowed requests are buffered and
+        // the bytes checked are the bytes signed and sent.
+        .layer(parts.image_import)
         // Last before forwarding: sign exactly what goes out, with a fresh timestamp.
         .layer(SignLayer::new(parts.credentials))
         .service(forward);

@@ -96,10 +96,43 @@ pub enum Command {
     /// Serve (the default when no command is given).
     Serve,
     /// Validate the configuration and credentials, print the effective config (secret
-    /// redacted); exit 0 when clean, 1 otherwise.
-    CheckConfig,
+    /// redacted) and check each pinned API version against the version catalog; exit 0 when
+    /// clean, 1 otherwise (a pin past its last supported day fails unless the service sets
+    /// allow_unsupported_version = true).
+    CheckConfig(CheckArgs),
+    /// Print the built-in catalog of SCP API versions and their lifecycle; with --online and a
+    /// configuration, also each configured service's live version list.
+    Versions(VersionsArgs),
     /// Run the built-in SCP emulator alone (an upstream that checks signatures like SCP).
     Emulator(EmulatorArgs),
+}
+
+/// Options of `check-config`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CheckArgs {
+    /// Also read each service's live version list (unsigned GET on the service root) and warn
+    /// where it disagrees with the built-in catalog.
+    #[arg(long)]
+    pub online: bool,
+    /// Judge version dates as of this UTC day (YYYY-MM-DD) instead of today; for tests.
+    #[arg(long, value_name = "YYYY-MM-DD", hide = true, value_parser = parse_day)]
+    pub today: Option<crate::catalog::Date>,
+}
+
+/// Options of `versions`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct VersionsArgs {
+    /// Also read the live version list of each service in the configuration given with
+    /// --config or --profile.
+    #[arg(long)]
+    pub online: bool,
+    /// Count days left from this UTC day (YYYY-MM-DD) instead of today; for tests.
+    #[arg(long, value_name = "YYYY-MM-DD", hide = true, value_parser = parse_day)]
+    pub today: Option<crate::catalog::Date>,
+}
+
+fn parse_day(s: &str) -> Result<crate::catalog::Date, String> {
+    crate::catalog::Date::parse(s).ok_or_else(|| format!("{s:?} is not a day such as 2026-05-31"))
 }
 
 // `scp-auth-proxy emulator [--listen ADDR] [--access-key K] [--secret-key-file F] [--account-id A]`:

@@ -104,6 +104,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Largest body read whole on routes the proxy inspects (image import).
     pub max_inspected_body_bytes: usize,
+    /// At start of serving, read each service's live version list (unsigned `GET /`, 2s
+    /// timeout, in the background) and warn where it disagrees with the built-in catalog.
+    pub check_live_versions: bool,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +121,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             max_inspected_body_bytes: 64 * 1024,
+            check_live_versions: true,
         }
     }
 }
@@ -403,6 +407,7 @@ fn is_known_key(key: &str) -> bool {
                 "header_read_timeout",
                 "idle_timeout",
                 "max_inspected_body_bytes",
+                "check_live_versions",
             ],
         ),
         (
@@ -508,6 +513,11 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         }
         if let Some(ca) = &s.ca_file {
             require_file(ca).map_err(|e| invalid(&key("ca_file"), e.to_string()))?;
+        }
+        if let Some(rules) = &s.allow {
+            for r in rules {
+                crate::policy::allowlist::Rule::parse(r).map_err(|m| invalid(&key("allow"), m))?;
+            }
         }
         services.push(ServiceConfig {
             name,
@@ -686,6 +696,7 @@ impl Config {
             "max_inspected_body_bytes = {}",
             s.max_inspected_body_bytes
         );
+        let _ = writeln!(o, "check_live_versions = {}", s.check_live_versions);
         let c = &self.credentials;
         let _ = writeln!(o, "\n[credentials]");
         if let Some(ak) = &c.access_key {

@@ -84,11 +84,29 @@ pub async fn start(config: Config, credentials: Credentials) -> Result<Running, 
     metrics.set_key_loaded(credentials.loaded_at);
     let store = CredentialStore::new(credentials);
     let routes = route::Routes::new(&config).map_err(StartError::Routes)?;
+    // A pin past its date starts anyway (a fleet must not crash-loop when a date passes), but
+    // says so now and every hour, and the days-left metric goes negative.
+    policy::lifecycle::report(
+        &config.services,
+        catalog::Date::of(std::time::SystemTime::now()),
+        &metrics,
+        false,
+    );
+    let allowlist =
+        layers::allowlist::OperationAllowlistLayer::new(&config.services, metrics.clone())
+            .map_err(StartError::Routes)?;
+    let image_import = layers::image_import::ImageImportLayer::new(
+        &config.credentials.account_id,
+        config.server.max_inspected_body_bytes,
+    );
+    let monitor_egress = forward::Egress::from_env();
     let service = app::proxy_service(app::ProxyParts {
         routes,
         credentials: store.clone(),
         metrics: metrics.clone(),
         max_concurrent_requests: config.server.max_concurrent_requests,
+        allowlist,
+        image_import,
     })?;
     let listener = bind(config.server.listen, "server.listen").await?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
@@ -128,6 +146,12 @@ pub async fn start(config: Config, credentials: Credentials) -> Result<Running, 
     });
     let delay = config.server.shutdown_delay;
     let grace = config.server.shutdown_grace;
+    let monitor = policy::lifecycle::spawn_monitor(
+        config.services.clone(),
+        metrics.clone(),
+        monitor_egress,
+        config.server.check_live_versions,
+    );
     let task = tokio::spawn(async move {
         let shutdown = async move {
             wait_true(rx).await;
@@ -139,6 +163,7 @@ pub async fn start(config: Config, credentials: Credentials) -> Result<Running, 
             tracing::warn!(grace = ?grace, "shutdown grace ran out with requests still in flight");
         }
         admin_task.abort();
+        monitor.abort();
         drained
     });
     health.set_ready();

@@ -3,16 +3,19 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use scp_auth_proxy::cli::{Cli, Command, EmulatorArgs, LogFormat};
+use scp_auth_proxy::catalog::Date;
+use scp_auth_proxy::cli::{CheckArgs, Cli, Command, EmulatorArgs, LogFormat, VersionsArgs};
 use scp_auth_proxy::config::{self, Config};
 use scp_auth_proxy::credentials::{Credentials, SECRET_ENV};
 use scp_auth_proxy::emulator;
+use scp_auth_proxy::policy::lifecycle;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match &cli.command {
-        Some(Command::CheckConfig) => check_config(&cli),
+        Some(Command::CheckConfig(args)) => check_config(&cli, args),
+        Some(Command::Versions(args)) => versions(&cli, args),
         Some(Command::Emulator(args)) => run_emulator(&cli, args),
         Some(Command::Serve) | None => serve(&cli),
     }
@@ -49,7 +52,7 @@ fn secret_env() -> Option<String> {
     std::env::var(SECRET_ENV).ok()
 }
 
-fn check_config(cli: &Cli) -> ExitCode {
+fn check_config(cli: &Cli, args: &CheckArgs) -> ExitCode {
     let cfg = match load(cli) {
         Ok(c) => c,
         Err(code) => return code,
@@ -63,6 +66,88 @@ fn check_config(cli: &Cli) -> ExitCode {
         }
     };
     print!("{}", cfg.redacted(&source));
+    // The CI gate before a deploy: a pin past its date fails unless the service waives it.
+    let today = args
+        .today
+        .unwrap_or_else(|| Date::of(std::time::SystemTime::now()));
+    let mut blocked = false;
+    for svc in &cfg.services {
+        for f in lifecycle::assess(svc, today).findings {
+            let level = if f.blocks_deploy { "error" } else { "warning" };
+            eprintln!("{level}: services.{}.api_version: {}", svc.name, f.message);
+            blocked |= f.blocks_deploy;
+        }
+    }
+    if args.online {
+        if cfg.emulator.in_process {
+            eprintln!("note: --online skipped: every service goes to the in-process emulator");
+        } else if let Err(code) = print_live(&cfg, false) {
+            return code;
+        }
+    }
+    if blocked {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Reads every service's live version list; prints it (`tables`) and where it disagrees with
+/// the catalog. Unreachable lists are reported, never fatal.
+fn print_live(cfg: &Config, tables: bool) -> Result<(), ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
+    let egress = scp_auth_proxy::forward::Egress::from_env();
+    rt.block_on(async {
+        for svc in &cfg.services {
+            match lifecycle::fetch_live(svc, &egress, lifecycle::LIVE_TIMEOUT).await {
+                Ok(live) => {
+                    if tables {
+                        print!("\n{}", lifecycle::live_table(svc, &live));
+                    }
+                    for f in lifecycle::compare_live(svc, &live) {
+                        eprintln!("warning: services.{}: {}", svc.name, f.message);
+                    }
+                }
+                Err(e) => eprintln!(
+                    "warning: services.{}: live version list not read: {e}",
+                    svc.name
+                ),
+            }
+        }
+    });
+    Ok(())
+}
+
+fn versions(cli: &Cli, args: &VersionsArgs) -> ExitCode {
+    let today = args
+        .today
+        .unwrap_or_else(|| Date::of(std::time::SystemTime::now()));
+    let cfg = match cli.config.source() {
+        Some(_) => match load(cli) {
+            Ok(c) => Some(c),
+            Err(code) => return code,
+        },
+        None if args.online => return fail(
+            "--online reads the services of a configuration: add --config FILE or --profile NAME",
+        ),
+        None => None,
+    };
+    let pins: Vec<(&str, &str)> = cfg
+        .iter()
+        .flat_map(|c| &c.services)
+        .map(|s| (s.name.as_str(), s.api_version.as_str()))
+        .collect();
+    print!("{}", lifecycle::catalog_table(today, &pins));
+    if let (Some(cfg), true) = (&cfg, args.online) {
+        if cfg.emulator.in_process {
+            eprintln!("note: --online skipped: every service goes to the in-process emulator");
+        } else if let Err(code) = print_live(cfg, true) {
+            return code;
+        }
+    }
     ExitCode::SUCCESS
 }
 

@@ -184,14 +184,14 @@ pub fn live_table(svc: &ServiceConfig, live: &[LiveVersion]) -> String {
     use std::fmt::Write as _;
     let mut o = format!("# {} live versions at {}/\n", svc.name, svc.upstream.base);
     for l in live {
-        let _ = writeln!(
-            o,
-            "{:<16} {:<8} {:<11} {:<10}",
+        let line = format!(
+            "{:<16} {:<8} {:<11} {}",
             svc.name,
             l.id,
             l.status,
             l.not_before.as_deref().unwrap_or("-")
         );
+        let _ = writeln!(o, "{}", line.trim_end());
     }
     o
 }
