@@ -163,12 +163,9 @@ fn serve(cli: &Cli) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     let watch_interval = cfg.credentials.watch_interval;
     rt.block_on(async move {
@@ -200,8 +197,16 @@ fn serve(cli: &Cli) -> ExitCode {
     })
 }
 
+/// One worker thread per CPU the process may use; with a single CPU (a sidecar with a one-core
+/// limit, or pinned), a current-thread runtime, which skips the work-stealing machinery.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
         .enable_all()
         .build()
         .map_err(|e| fail(format!("cannot start the runtime: {e}")))

@@ -12,9 +12,16 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub service: String,
-    pub method: String,
+    /// Service names are interned at start (see `route::Target::label`), so counting a request
+    /// allocates nothing.
+    pub service: &'static str,
+    pub method: &'static str,
     pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabel {
+    pub service: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,7 +55,7 @@ pub struct BuildLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     pub requests: Family<RequestLabels, Counter>,
-    pub upstream_latency: Family<ServiceLabel, Histogram>,
+    pub upstream_latency: Family<LatencyLabel, Histogram>,
     pub rejections: Family<CodeLabel, Counter>,
     pub in_flight: Gauge,
     pub credential_reloads: Family<ResultLabel, Counter>,
@@ -74,6 +81,21 @@ impl Default for Metrics {
     }
 }
 
+/// A method as a label without allocating: the standard ones by name, anything else "other".
+pub fn method_label(m: &http::Method) -> &'static str {
+    use http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("scp_auth_proxy");
@@ -83,7 +105,7 @@ impl Metrics {
             "Requests answered, by service, method and status class",
             requests.clone(),
         );
-        let upstream_latency = Family::<ServiceLabel, Histogram>::new_with_constructor(|| {
+        let upstream_latency = Family::<LatencyLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
         r.register(

@@ -22,6 +22,9 @@ use crate::error::ProxyError;
 pub struct Target {
     /// Position in the routing table (and in the forwarder's client list).
     pub index: usize,
+    /// The service name with a `'static` lifetime, for metric labels. Interned once per
+    /// service at start (a few bytes, never freed).
+    pub label: &'static str,
     pub config: ServiceConfig,
     /// `Host` header value: the upstream authority exactly as configured.
     pub host: HeaderValue,
@@ -38,6 +41,7 @@ impl Target {
                 .map_err(|e| e.to_string())?;
         Ok(Self {
             index,
+            label: intern(&config.name),
             config,
             host,
             version_header,
@@ -46,6 +50,23 @@ impl Target {
     pub fn name(&self) -> &str {
         &self.config.name
     }
+}
+
+/// Returns a `'static` copy of `name`, reusing an earlier one so repeated starts (tests, config
+/// reloads) do not grow memory.
+fn intern(name: &str) -> &'static str {
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<Vec<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.push(leaked);
+    leaked
 }
 
 /// The routing table.

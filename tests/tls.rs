@@ -23,18 +23,28 @@ struct Seen {
 
 /// An HTTPS upstream on 127.0.0.1:0 offering h2 and http/1.1 by ALPN.
 async fn tls_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<Seen>>>) {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut std::fs::read(format!("{FIXTURES}/server.pem")).unwrap().as_slice())
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut std::fs::read(format!("{FIXTURES}/server.key")).unwrap().as_slice())
-        .unwrap()
-        .unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+    let certs: Vec<_> = rustls_pemfile::certs(
+        &mut std::fs::read(format!("{FIXTURES}/server.pem"))
+            .unwrap()
+            .as_slice(),
+    )
+    .collect::<Result<_, _>>()
+    .unwrap();
+    let key = rustls_pemfile::private_key(
+        &mut std::fs::read(format!("{FIXTURES}/server.key"))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -43,20 +53,30 @@ async fn tls_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<Seen>>>) {
     let seen2 = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             let seen = seen2.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let seen = seen.clone();
                     async move {
                         seen.lock().unwrap().push(Seen {
                             version: req.version(),
-                            target: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                            target: req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default(),
                             headers: req.headers().clone(),
                         });
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"tls\":true}"))))
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"{\"tls\":true}",
+                        ))))
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -97,11 +117,20 @@ async fn forwards_over_tls_with_extra_ca_and_h2_by_alpn() {
 #[tokio::test]
 async fn untrusted_certificate_is_502() {
     let (up, seen) = tls_upstream().await;
-    let (cfg, _d) = config_from(&basic_toml(&format!("https://localhost:{}", up.port()), "", ""));
+    let (cfg, _d) = config_from(&basic_toml(
+        &format!("https://localhost:{}", up.port()),
+        "",
+        "",
+    ));
     let proxy = start_proxy(cfg).await;
     let (status, _, body) = send(&client(), get(proxy.addr, "/v1/images")).await;
     assert_eq!(status, 502);
     assert_eq!(error_code(&body), "upstream_unreachable");
-    assert!(String::from_utf8_lossy(&body).to_lowercase().contains("certificate"), "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body)
+            .to_lowercase()
+            .contains("certificate"),
+        "{body:?}"
+    );
     assert!(seen.lock().unwrap().is_empty());
 }

@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 
 use crate::error::ErrorCode;
 use crate::forward::UpstreamLatency;
-use crate::metrics::{CodeLabel, Metrics, RequestLabels, ServiceLabel};
+use crate::metrics::{method_label, CodeLabel, LatencyLabel, Metrics, RequestLabels};
 use crate::route::Routed;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -124,18 +124,13 @@ where
             return Poll::Ready(out);
         };
         let status = resp.status();
-        let service = resp
-            .extensions()
-            .get::<Routed>()
-            .map(|r| r.target.name().to_owned());
+        let service = resp.extensions().get::<Routed>().map(|r| r.target.label);
         let latency = resp.extensions().get::<UpstreamLatency>().map(|l| l.0);
-        if let (Some(svc), Some(lat)) = (&service, latency) {
+        if let (Some(service), Some(lat)) = (service, latency) {
             state
                 .metrics
                 .upstream_latency
-                .get_or_create(&ServiceLabel {
-                    service: svc.clone(),
-                })
+                .get_or_create(&LatencyLabel { service })
                 .observe(lat.as_secs_f64());
         }
         if let Some(code) = resp.extensions().get::<ErrorCode>() {
@@ -149,8 +144,8 @@ where
             .metrics
             .requests
             .get_or_create(&RequestLabels {
-                service: service.clone().unwrap_or_else(|| "-".into()),
-                method: state.method.as_str().to_owned(),
+                service: service.unwrap_or("-"),
+                method: method_label(&state.method),
                 status_class: status_class(status.as_u16()),
             })
             .inc();
@@ -159,7 +154,7 @@ where
                 target: "access",
                 request_id = %String::from_utf8_lossy(state.id.as_bytes()),
                 method = %state.method,
-                service = service.as_deref().unwrap_or("-"),
+                service = service.unwrap_or("-"),
                 path = state.uri.path(),
                 status = status.as_u16(),
                 upstream_ms = latency.map(|l| l.as_secs_f64() * 1e3),
