@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
+use prometheus_client::metrics::counter::Counter;
 use tower::{Layer, Service};
 
 use super::{reject, Reject};
@@ -23,10 +24,19 @@ use crate::policy::allowlist::{Allowlist, Decision};
 use crate::policy::PolicyError;
 use crate::route::Routed;
 
+/// A service's rules with their decision counters, created at start so counting a request
+/// allocates nothing.
+#[derive(Debug)]
+struct Counted {
+    list: Allowlist,
+    /// One per rule, in rule order.
+    allowed: Vec<Counter>,
+    refused: Counter,
+}
+
 #[derive(Clone, Debug)]
 pub struct OperationAllowlistLayer {
-    lists: Arc<HashMap<String, Allowlist>>,
-    metrics: Metrics,
+    lists: Arc<HashMap<String, Counted>>,
 }
 
 impl OperationAllowlistLayer {
@@ -37,12 +47,29 @@ impl OperationAllowlistLayer {
             if let Some(rules) = &s.allow {
                 let list = Allowlist::parse(rules)
                     .map_err(|m| format!("services.{}.allow: {m}", s.name))?;
-                lists.insert(s.name.clone(), list);
+                let counter = |rule: &str| {
+                    metrics
+                        .allowlist
+                        .get_or_create(&RuleLabel {
+                            service: s.name.clone(),
+                            rule: rule.to_owned(),
+                        })
+                        .clone()
+                };
+                let allowed = list.rules.iter().map(|r| counter(&r.text)).collect();
+                let refused = counter("none");
+                lists.insert(
+                    s.name.clone(),
+                    Counted {
+                        list,
+                        allowed,
+                        refused,
+                    },
+                );
             }
         }
         Ok(Self {
             lists: Arc::new(lists),
-            metrics,
         })
     }
 }
@@ -52,7 +79,6 @@ impl<S> Layer<S> for OperationAllowlistLayer {
     fn layer(&self, inner: S) -> Self::Service {
         OperationAllowlist {
             lists: self.lists.clone(),
-            metrics: self.metrics.clone(),
             inner,
         }
     }
@@ -60,8 +86,7 @@ impl<S> Layer<S> for OperationAllowlistLayer {
 
 #[derive(Clone, Debug)]
 pub struct OperationAllowlist<S> {
-    lists: Arc<HashMap<String, Allowlist>>,
-    metrics: Metrics,
+    lists: Arc<HashMap<String, Counted>>,
     inner: S,
 }
 
@@ -71,26 +96,20 @@ impl<S> OperationAllowlist<S> {
             return Ok(());
         };
         let service = routed.target.name();
-        let Some(list) = self.lists.get(service) else {
+        let Some(counted) = self.lists.get(service) else {
             return Ok(());
         };
+        let list = &counted.list;
         let (method, path) = (req.method().as_str(), req.uri().path());
-        let count = |rule: &str| {
-            self.metrics
-                .allowlist
-                .get_or_create(&RuleLabel {
-                    service: service.to_owned(),
-                    rule: rule.to_owned(),
-                })
-                .inc();
-        };
         match list.decide(method, path) {
-            Decision::Allowed(rule) => {
-                count(&rule.text);
+            Decision::Allowed(i) => {
+                if let Some(c) = counted.allowed.get(i) {
+                    c.inc();
+                }
                 Ok(())
             }
             Decision::NotCanonical(reason) => {
-                count("none");
+                counted.refused.inc();
                 Err(PolicyError::PathNotCanonical {
                     service: service.to_owned(),
                     path: path.to_owned(),
@@ -98,7 +117,7 @@ impl<S> OperationAllowlist<S> {
                 })
             }
             Decision::Refused => {
-                count("none");
+                counted.refused.inc();
                 Err(PolicyError::OperationNotAllowed {
                     service: service.to_owned(),
                     method: method.to_owned(),

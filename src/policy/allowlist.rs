@@ -167,8 +167,9 @@ pub struct Allowlist {
 
 /// The outcome for one request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision<'a> {
-    Allowed(&'a Rule),
+pub enum Decision {
+    /// The index of the first rule that matched.
+    Allowed(usize),
     NotCanonical(&'static str),
     Refused,
 }
@@ -183,11 +184,11 @@ impl Allowlist {
         })
     }
 
-    pub fn decide(&self, method: &str, path: &str) -> Decision<'_> {
+    pub fn decide(&self, method: &str, path: &str) -> Decision {
         if let Some(why) = non_canonical(path) {
             return Decision::NotCanonical(why);
         }
-        match self.rules.iter().find(|r| r.matches(method, path)) {
+        match self.rules.iter().position(|r| r.matches(method, path)) {
             Some(r) => Decision::Allowed(r),
             None => Decision::Refused,
         }
@@ -345,7 +346,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             list.decide("POST", "/v1/images/x/import"),
-            Decision::Allowed(&list.rules[1])
+            Decision::Allowed(1)
         );
         assert_eq!(list.decide("DELETE", "/v1/images/x"), Decision::Refused);
         assert!(matches!(
