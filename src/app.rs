@@ -12,7 +12,7 @@ use tower::ServiceBuilder;
 use crate::body::Body;
 use crate::credentials::CredentialStore;
 use crate::error::RescueLayer;
-use crate::forward::{Forward, TlsSetupError};
+use crate::forward::{Egress, Forward, TlsSetupError};
 use crate::layers::allowlist::OperationAllowlistLayer;
 use crate::layers::hygiene::HeaderHygieneLayer;
 use crate::layers::image_import::ImageImportLayer;
@@ -34,13 +34,15 @@ pub struct ProxyParts {
     pub allowlist: OperationAllowlistLayer,
     /// Image import URL checks, with the account id and body bound from config.
     pub image_import: ImageImportLayer,
+    /// Egress proxy settings, read once at start.
+    pub egress: Egress,
 }
 
 pub type ProxyService = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
 
 /// The data-plane service: one per process, cloned per connection.
 pub fn proxy_service(parts: ProxyParts) -> Result<ProxyService, TlsSetupError> {
-    let forward = Forward::new(parts.routes.targets())?;
+    let forward = Forward::new(parts.routes.targets(), &parts.egress)?;
     let svc = ServiceBuilder::new()
         // Plain request bodies stream through; layers that inspect a body may swap in bytes.
         .map_request(|req: Request<Incoming>| req.map(Either::Left))

@@ -78,8 +78,18 @@ async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartE
         .map_err(|source| StartError::Bind { addr, key, source })
 }
 
-/// Binds and starts serving `config` with `credentials`.
+/// Binds and starts serving `config` with `credentials`; the egress proxy settings come from
+/// the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), read once here.
 pub async fn start(config: Config, credentials: Credentials) -> Result<Running, StartError> {
+    start_with_egress(config, credentials, forward::Egress::from_env()).await
+}
+
+/// [`start`] with the egress proxy settings given rather than read from the environment.
+pub async fn start_with_egress(
+    config: Config,
+    credentials: Credentials,
+    egress: forward::Egress,
+) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     metrics.set_key_loaded(credentials.loaded_at);
     let store = CredentialStore::new(credentials);
@@ -99,12 +109,13 @@ pub async fn start(config: Config, credentials: Credentials) -> Result<Running, 
         &config.credentials.account_id,
         config.server.max_inspected_body_bytes,
     );
-    let monitor_egress = forward::Egress::from_env();
+    let monitor_egress = egress.clone();
     let service = app::proxy_service(app::ProxyParts {
         routes,
         credentials: store.clone(),
         metrics: metrics.clone(),
         max_concurrent_requests: config.server.max_concurrent_requests,
+        egress,
         allowlist,
         image_import,
     })?;
