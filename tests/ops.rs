@@ -200,7 +200,12 @@ async fn key_file_change_is_noticed_without_a_signal() {
 #[tokio::test]
 async fn metrics_count_requests_and_rejections() {
     let up = RecordingUpstream::start(SECRET).await;
-    let (cfg, _d) = config_from(&basic_toml(&up.base(), "", ""));
+    // The shutdown delay keeps the listeners up long enough to see /readyz turn 503.
+    let toml = basic_toml(&up.base(), "", "").replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"127.0.0.1:0\"\nshutdown_delay = \"3s\"",
+    );
+    let (cfg, _d) = config_from(&toml);
     let proxy = start_proxy(cfg).await;
     let c = client();
     for _ in 0..3 {
