@@ -6,8 +6,7 @@ use std::convert::Infallible;
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use tower::util::BoxCloneService;
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
 
 use crate::body::Body;
 use crate::credentials::CredentialStore;
@@ -38,10 +37,21 @@ pub struct ProxyParts {
     pub egress: Egress,
 }
 
-pub type ProxyService = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
-
-/// The data-plane service: one per process, cloned per connection.
-pub fn proxy_service(parts: ProxyParts) -> Result<ProxyService, TlsSetupError> {
+/// The data-plane service: one per process. hyper-util clones it for every request, so every
+/// layer keeps its state behind an `Arc` and the clone is a handful of reference counts.
+pub fn proxy_service(
+    parts: ProxyParts,
+) -> Result<
+    impl Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future = impl Send + 'static,
+        > + Clone
+        + Send
+        + 'static,
+    TlsSetupError,
+> {
     let forward = Forward::new(parts.routes.targets(), &parts.egress)?;
     let svc = ServiceBuilder::new()
         // Plain request bodies stream through; layers that inspect a body may swap in bytes.
@@ -70,5 +80,5 @@ pub fn proxy_service(parts: ProxyParts) -> Result<ProxyService, TlsSetupError> {
         // Last before forwarding: sign exactly what goes out, with a fresh timestamp.
         .layer(SignLayer::new(parts.credentials))
         .service(forward);
-    Ok(BoxCloneService::new(svc))
+    Ok(svc)
 }

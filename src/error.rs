@@ -171,11 +171,10 @@ pub struct Rescue<S> {
 impl<S, Req> Service<Req> for Rescue<S>
 where
     S: Service<Req, Response = Response<Body>, Error = ProxyError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = RescueFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         match self.inner.poll_ready(cx) {
@@ -185,19 +184,37 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            Ok(match fut.await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    if e.status().is_server_error() {
-                        tracing::warn!(code = e.code(), error = %e.message(), "request failed");
-                    } else {
-                        tracing::debug!(code = e.code(), error = %e.message(), "request rejected");
-                    }
-                    e.to_response()
+        RescueFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Resolves to the inner response, or to the JSON response for its error.
+    pub struct RescueFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Future for RescueFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(match std::task::ready!(self.project().inner.poll(cx)) {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.status().is_server_error() {
+                    tracing::warn!(code = e.code(), error = %e.message(), "request failed");
+                } else {
+                    tracing::debug!(code = e.code(), error = %e.message(), "request rejected");
                 }
-            })
-        })
+                e.to_response()
+            }
+        }))
     }
 }

@@ -531,11 +531,12 @@ impl Service<Request<Body>> for Forward {
             // Route always runs first; without it there is nowhere safe to send the request.
             return Box::pin(async { Err(ProxyError::AbsoluteForm) });
         };
-        let client = self.clients[target.index].clone();
+        // Started here, so the pooled client is borrowed, not cloned, per request.
+        let started = Instant::now();
+        let response = self.clients[target.index].request(req);
         Box::pin(async move {
-            let started = Instant::now();
             let timeout = target.config.timeout;
-            let result = tokio::time::timeout(timeout, client.request(req)).await;
+            let result = tokio::time::timeout(timeout, response).await;
             let upstream = || target.config.upstream.base.clone();
             let service = || target.config.name.clone();
             match result {

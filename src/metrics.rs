@@ -50,10 +50,21 @@ pub struct BuildLabels {
     pub version: &'static str,
 }
 
-/// Every metric the proxy exports. Cheap to clone (each metric is an `Arc` inside).
+/// Every metric the proxy exports. One `Arc` inside, so the per-request clone the trace layer
+/// keeps costs a single reference count.
 #[derive(Clone)]
-pub struct Metrics {
-    registry: Arc<Registry>,
+pub struct Metrics(Arc<MetricSet>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+/// The metrics themselves; reached through [`Metrics`].
+pub struct MetricSet {
+    registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub upstream_latency: Family<LatencyLabel, Histogram>,
     pub rejections: Family<CodeLabel, Counter>,
@@ -162,8 +173,8 @@ impl Metrics {
             })
             .set(1);
         r.register("build_info", "Build information", build);
-        Self {
-            registry: Arc::new(r),
+        Self(Arc::new(MetricSet {
+            registry: r,
             requests,
             upstream_latency,
             rejections,
@@ -173,7 +184,7 @@ impl Metrics {
             key_age_seconds,
             version_days_left,
             allowlist,
-        }
+        }))
     }
 
     pub fn set_key_loaded(&self, at: std::time::SystemTime) {
