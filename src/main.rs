@@ -169,6 +169,11 @@ fn serve(cli: &Cli) -> ExitCode {
     };
     let watch_interval = cfg.credentials.watch_interval;
     rt.block_on(async move {
+        // Before anything is logged as started, so no signal can find the default action.
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
         let running = match scp_auth_proxy::start(cfg, creds).await {
             Ok(r) => r,
             Err(e) => return fail(e),
@@ -181,15 +186,15 @@ fn serve(cli: &Cli) -> ExitCode {
                 store: running.credentials.clone(),
                 metrics: running.metrics.clone(),
             };
-            scp_auth_proxy::reload::spawn(reloader, watch_interval);
+            scp_auth_proxy::reload::spawn(reloader, watch_interval, signals.hup);
         }
-        wait_for_signal().await;
+        signals.stop.recv().await;
         tracing::info!("shutting down: draining in-flight requests");
         running.shutdown();
         tokio::select! {
             // Requests still running when the grace ran out were logged; the stop itself is normal.
             _drained = running.wait() => ExitCode::SUCCESS,
-            () = wait_for_signal() => {
+            _ = signals.stop.recv() => {
                 tracing::warn!("second signal: exiting at once");
                 ExitCode::from(130)
             }
@@ -220,25 +225,27 @@ fn serve_dev(cfg: Config) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
         let (running, emulator) = match emulator::start_dev(cfg).await {
             Ok(r) => r,
             Err(e) => return fail(e),
         };
         // No key file to re-read; SIGHUP must not end the process either.
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    tracing::info!("SIGHUP: the dev profile's throwaway key is not reloaded");
-                }
-            });
-        }
-        wait_for_signal().await;
+        let mut hup = signals.hup;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: the dev profile's throwaway key is not reloaded");
+            }
+        });
+        signals.stop.recv().await;
         tracing::info!("shutting down: draining in-flight requests");
         running.shutdown();
         let code = tokio::select! {
             _drained = running.wait() => ExitCode::SUCCESS,
-            () = wait_for_signal() => return ExitCode::from(130),
+            _ = signals.stop.recv() => return ExitCode::from(130),
         };
         emulator.shutdown();
         emulator.wait().await;
@@ -258,7 +265,10 @@ fn run_emulator(cli: &Cli, args: &EmulatorArgs) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
+        let Signals { mut stop, mut hup } = match Signals::install() {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => return fail(format!("cannot listen on {listen} (--listen): {e}")),
@@ -267,12 +277,6 @@ fn run_emulator(cli: &Cli, args: &EmulatorArgs) -> ExitCode {
             Ok(h) => h,
             Err(e) => return fail(e),
         };
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => return fail(format!("cannot handle SIGHUP: {e}")),
-        };
-        let stop = wait_for_signal();
-        tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = hup.recv() => {
@@ -280,7 +284,7 @@ fn run_emulator(cli: &Cli, args: &EmulatorArgs) -> ExitCode {
                         tracing::warn!(error = %e, "SIGHUP: secret key not re-read; the previous key stays in use");
                     }
                 }
-                () = &mut stop => break,
+                _ = stop.recv() => break,
             }
         }
         handle.shutdown();
@@ -289,18 +293,39 @@ fn run_emulator(cli: &Cli, args: &EmulatorArgs) -> ExitCode {
     })
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process can only be killed.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// The process's signal handlers, installed before anything starts.
+struct Signals {
+    /// SIGTERM or SIGINT.
+    stop: Stop,
+    hup: tokio::signal::unix::Signal,
+}
+
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
+}
+
+impl Signals {
+    fn install() -> Result<Self, ExitCode> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handler = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| fail(format!("cannot handle {name}: {e}")))
+        };
+        Ok(Self {
+            stop: Stop {
+                term: handler(SignalKind::terminate(), "SIGTERM")?,
+                int: handler(SignalKind::interrupt(), "SIGINT")?,
+            },
+            hup: handler(SignalKind::hangup(), "SIGHUP")?,
+        })
     }
 }

@@ -101,21 +101,13 @@ impl Reloader {
     }
 }
 
-/// Reloads on SIGHUP and, unless `watch_interval` is zero, when a key file changes, until
-/// the process exits.
-pub fn spawn(reloader: Reloader, watch_interval: Duration) {
+/// Reloads on every signal `hup` receives (SIGHUP, installed by the caller before start) and,
+/// unless `watch_interval` is zero, when a key file changes, until the process exits.
+pub fn spawn(reloader: Reloader, watch_interval: Duration, mut hup: tokio::signal::unix::Signal) {
     if !watch_interval.is_zero() {
         tokio::spawn(reloader.clone().watch_files(watch_interval));
     }
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; key files are still watched");
-                return;
-            }
-        };
         while hup.recv().await.is_some() {
             let _ = reloader.reload("SIGHUP");
         }
