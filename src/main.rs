@@ -41,9 +41,11 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn load(cli: &Cli) -> Result<Config, ExitCode> {
     let Some(source) = cli.config.source() else {
-        return Err(fail(
-            "say which configuration to use: --profile NAME (e.g. --profile dev) or --config FILE",
-        ));
+        // Bad usage, like clap's own errors: exit 2.
+        eprintln!(
+            "error: say which configuration to use: --profile NAME (e.g. --profile dev) or --config FILE\n\nFor more information, try '--help'."
+        );
+        return Err(ExitCode::from(2));
     };
     config::load(&source, &cli.config.overrides()).map_err(fail)
 }
@@ -168,6 +170,7 @@ fn serve(cli: &Cli) -> ExitCode {
         Err(code) => return code,
     };
     let watch_interval = cfg.credentials.watch_interval;
+    let running_config = scp_auth_proxy::reload::restart_only(&cfg);
     rt.block_on(async move {
         // Before anything is logged as started, so no signal can find the default action.
         let mut signals = match Signals::install() {
@@ -185,6 +188,7 @@ fn serve(cli: &Cli) -> ExitCode {
                 secret_env: secret_env(),
                 store: running.credentials.clone(),
                 metrics: running.metrics.clone(),
+                running: running_config,
             };
             scp_auth_proxy::reload::spawn(reloader, watch_interval, signals.hup);
         }

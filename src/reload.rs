@@ -22,6 +22,17 @@ pub struct Reloader {
     pub secret_env: Option<String>,
     pub store: CredentialStore,
     pub metrics: Metrics,
+    /// Everything but `[credentials]` as running, to say when a reload changed what only a
+    /// restart applies.
+    pub running: String,
+}
+
+/// The parts of a configuration a reload cannot apply (listeners, routes, services).
+pub fn restart_only(cfg: &config::Config) -> String {
+    format!(
+        "{:?} {:?} {:?} {:?}",
+        cfg.server, cfg.routing, cfg.services, cfg.emulator
+    )
 }
 
 /// What identifies a file's current content without reading it.
@@ -47,6 +58,13 @@ impl Reloader {
     /// Re-reads configuration and the key pair; swaps them in only when both are valid.
     pub fn reload(&self, why: &str) -> Result<(), ConfigError> {
         let result = config::load(&self.source, &self.overrides).and_then(|cfg| {
+            if restart_only(&cfg) != self.running {
+                tracing::warn!(
+                    reason = why,
+                    "the configuration changed outside [credentials]; only the key pair and \
+                     [credentials] apply on reload, the rest on restart"
+                );
+            }
             Credentials::load(&cfg.credentials, self.secret_env.as_deref())
                 .map_err(ConfigError::from)
         });

@@ -154,6 +154,30 @@ async fn sighup_swaps_in_the_rewritten_secret() {
         "{metrics}"
     );
     assert!(p.log().contains("reload failed"), "{}", p.log());
+    // The configuration is re-read too: [credentials] applies, the rest waits for a restart.
+    std::fs::write(&secret, "new-secret\n").unwrap();
+    let toml = std::fs::read_to_string(&cfg).unwrap().replace(
+        "watch_interval = \"0s\"",
+        "watch_interval = \"0s\"\naccount_id = \"acct-after-reload\"",
+    );
+    let toml = toml.replace(
+        "api_version = \"1.3\"",
+        "api_version = \"1.3\"\ntimeout = \"9s\"",
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    p.signal("HUP");
+    let mut account = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(signed_ok(&up, p.addr).await);
+        let r = up.requests().pop().unwrap();
+        if let Some(a) = r.headers.get("scp-accountid") {
+            account = a.to_str().unwrap().to_owned();
+            break;
+        }
+    }
+    assert_eq!(account, "acct-after-reload");
+    assert!(p.log().contains("only the key pair and"), "{}", p.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
