@@ -250,33 +250,8 @@ fn parse_millis(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signer::vectors::{all as vectors, Vector};
     use http::HeaderValue;
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    struct Vectors {
-        vectors: Vec<Vector>,
-    }
-    #[derive(Deserialize)]
-    struct Vector {
-        name: String,
-        method: String,
-        url: String,
-        timestamp: String,
-        access_key: String,
-        account_id: String,
-        client_type: String,
-        secret_key: String,
-        string_to_sign: String,
-        signature: String,
-    }
-
-    fn vectors() -> Vec<Vector> {
-        let text = include_str!("../../tests/fixtures/scp-signature-vectors.json");
-        let v: Vectors = serde_json::from_str(text).expect("fixture parses");
-        assert!(v.vectors.len() >= 8, "fixture lost vectors");
-        v.vectors
-    }
 
     /// A request rebuilt from a vector's URL as a server receives it: Host = authority,
     /// target = path?query, headers as a client sends them.
