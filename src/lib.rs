@@ -13,6 +13,7 @@ pub mod emulator;
 pub mod error;
 pub mod forward;
 pub mod layers;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use scp_auth_proxy::catalog::Date;
-use scp_auth_proxy::cli::{CheckArgs, Cli, Command, EmulatorArgs, LogFormat, VersionsArgs};
+use scp_auth_proxy::cli::{CheckArgs, Cli, Command, EmulatorArgs, VersionsArgs};
 use scp_auth_proxy::config::{self, Config};
 use scp_auth_proxy::credentials::{Credentials, SECRET_ENV};
 use scp_auth_proxy::emulator;
@@ -12,29 +12,19 @@ use scp_auth_proxy::policy::lifecycle;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    match &cli.command {
+    let log = scp_auth_proxy::logging::init(cli.log_format);
+    let code = match &cli.command {
         Some(Command::CheckConfig(args)) => check_config(&cli, args),
         Some(Command::Versions(args)) => versions(&cli, args),
         Some(Command::Emulator(args)) => run_emulator(&cli, args),
         Some(Command::Serve) | None => serve(&cli),
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    };
+    log.flush();
+    code
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    scp_auth_proxy::logging::flush();
     eprintln!("error: {msg}");
     ExitCode::from(1)
 }
