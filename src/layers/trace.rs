@@ -75,6 +75,8 @@ where
         // Cheap clones (reference counts): the client's method and target, for the log line.
         let method = req.method().clone();
         let uri = req.uri().clone();
+        // Before the inner call: layers below may start work (even the upstream request) in it.
+        let started = Instant::now();
         TraceFuture {
             inner: self.inner.call(req),
             state: Some(State {
@@ -82,7 +84,7 @@ where
                 method,
                 uri,
                 id,
-                started: Instant::now(),
+                started,
             }),
         }
     }
