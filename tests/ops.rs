@@ -180,6 +180,63 @@ async fn sighup_swaps_in_the_rewritten_secret() {
     assert!(p.log().contains("only the key pair and"), "{}", p.log());
 }
 
+/// Rotation end to end with the real emulator: both re-read their key files on SIGHUP; until
+/// the proxy has, the emulator rejects the old key; after, it accepts the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rotation_against_the_emulator() {
+    let f = Files::new();
+    let emu_secret = f.write("emulator-secret", "old-pair-secret\n");
+    let emu = Proc::emulator(&["--listen", "127.0.0.1:0", "--secret-key-file", &emu_secret]);
+    let secret = f.write("secret", "old-pair-secret\n");
+    let toml = proxy_toml(
+        &format!("http://{}", emu.addr),
+        &secret,
+        "",
+        "watch_interval = \"0s\"",
+        "",
+    )
+    .replace(ACCESS_KEY, "emulator-access-key");
+    let cfg = f.write("p.toml", &toml);
+    let p = Proc::start(&["--config", &cfg], &[]);
+    let status = || async { send(&client(), get(p.addr, "/v1/images")).await };
+    assert_eq!(status().await.0, 200);
+    // The cloud side rotates first: the proxy's old key is now refused with SCP's 401.
+    std::fs::write(&emu_secret, "new-pair-secret\n").unwrap();
+    emu.signal("HUP");
+    let mut refused = None;
+    for _ in 0..100 {
+        let (s, _, body) = status().await;
+        if s == 401 {
+            refused = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = refused.expect("the emulator kept accepting the old key");
+    assert!(
+        String::from_utf8_lossy(&body).contains("\"errors\""),
+        "{body:?}"
+    );
+    // Then the sidecar: the next request carries the new key and is accepted.
+    std::fs::write(&secret, "new-pair-secret\n").unwrap();
+    p.signal("HUP");
+    let mut ok = false;
+    for _ in 0..100 {
+        if status().await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "proxy still signs with the old key; log:\n{}", p.log());
+    for log in [p.log(), emu.log()] {
+        assert!(
+            !log.contains("pair-secret"),
+            "a secret reached a log:\n{log}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn key_file_change_is_noticed_without_a_signal() {
     let up = RecordingUpstream::start("first").await;

@@ -292,6 +292,36 @@ pub struct Proc {
 impl Proc {
     /// Starts `scp-auth-proxy` with JSON logs and waits (bounded) for its "serving" line.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let (child, log, v) = Self::launch(args, envs, "\"serving\"");
+        Proc {
+            addr: v["addr"].as_str().unwrap().parse().unwrap(),
+            admin_addr: v["admin_addr"].as_str().unwrap().parse().unwrap(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Starts `scp-auth-proxy emulator ARGS` and waits for its "listening" line; `addr` is the
+    /// emulator's (it has no admin listener: `admin_addr` repeats it).
+    pub fn emulator(args: &[&str]) -> Proc {
+        let mut all = vec!["emulator"];
+        all.extend_from_slice(args);
+        let (child, log, v) = Self::launch(&all, &[], "SCP emulator listening");
+        let url = v["url"].as_str().unwrap();
+        let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+        Proc {
+            addr,
+            admin_addr: addr,
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn launch(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        marker: &str,
+    ) -> (std::process::Child, Arc<Mutex<String>>, serde_json::Value) {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scp-auth-proxy"));
         cmd.args(args)
@@ -313,12 +343,13 @@ impl Proc {
         ] {
             let log = log.clone();
             let tx = tx.clone();
+            let marker = marker.to_owned();
             std::thread::spawn(move || {
                 for line in std::io::BufReader::new(stream)
                     .lines()
                     .map_while(Result::ok)
                 {
-                    if line.contains("\"serving\"") {
+                    if line.contains(&marker) {
                         let _ = tx.send(line.clone());
                     }
                     log.lock().unwrap().push_str(&line);
@@ -330,16 +361,10 @@ impl Proc {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
-                panic!("proxy did not start; log:\n{}", log.lock().unwrap());
+                panic!("{args:?} did not start; log:\n{}", log.lock().unwrap());
             }
         };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        Proc {
-            addr: v["addr"].as_str().unwrap().parse().unwrap(),
-            admin_addr: v["admin_addr"].as_str().unwrap().parse().unwrap(),
-            child: Some(child),
-            log,
-        }
+        (child, log, serde_json::from_str(&line).unwrap())
     }
 
     pub fn pid(&self) -> i32 {
