@@ -418,6 +418,7 @@ fn is_known_key(key: &str) -> bool {
                 "secret_key_file",
                 "account_id",
                 "client_type",
+                "watch_interval",
             ],
         ),
         ("routing", &["default_service"]),

@@ -249,6 +249,9 @@ impl<S> Route<S> {
             .build()
             .map_err(|_| ProxyError::AbsoluteForm)?;
         *req.uri_mut() = new_uri;
+        // The upstream connection's protocol is chosen by ALPN, not by the client: an h2c or
+        // HTTP/1.0 client's version must not reach the pooled HTTP/1.1 or HTTP/2 connection.
+        *req.version_mut() = Version::HTTP_11;
         let routed = Routed { target };
         req.extensions_mut().insert(routed.clone());
         Ok(routed)

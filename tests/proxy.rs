@@ -301,3 +301,24 @@ async fn different_api_version_is_refused_before_upstream() {
         "virtualserver 1.3"
     );
 }
+
+#[tokio::test]
+async fn h2c_and_http10_clients_reach_an_http11_upstream() {
+    let (up, proxy, _d) = setup("", "").await;
+    let h2: Client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let (status, _, _) = send(&h2, get(proxy.addr, "/v1/images?via=h2c")).await;
+    assert_eq!(status, 200);
+    let r = up.requests().pop().unwrap();
+    assert_eq!(r.target, "/v1/images?via=h2c");
+    assert!(r.signature_ok);
+    let out = raw(
+        proxy.addr,
+        b"GET /v1/images?via=http10 HTTP/1.0\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(up.requests().pop().unwrap().signature_ok);
+}

@@ -118,11 +118,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_matching(headers, |n| n.starts_with("proxy-"));
 }
 
-/// Removes every credential the client may have sent; the proxy's own are set later.
+/// Removes every credential the client may have sent; the proxy's own are set later. Names
+/// are compared with `_` read as `-`, because some gateways fold `Scp_Signature` into
+/// `Scp-Signature`.
 pub fn strip_client_credentials(headers: &mut HeaderMap) {
     headers.remove(header::AUTHORIZATION);
     headers.remove(X_AUTH_TOKEN);
-    remove_matching(headers, |n| n.starts_with("scp-") && n != "scp-api-version");
+    remove_matching(headers, |n| {
+        n.starts_with("scp-") && n != "scp-api-version"
+            || n.contains('_') && is_credential_name(&n.replace('_', "-"))
+    });
+}
+
+fn is_credential_name(n: &str) -> bool {
+    n == "authorization" || n == "x-auth-token" || n.starts_with("scp-")
 }
 
 /// Removes headers whose (lower-case) name matches; allocates only when one does.
@@ -181,10 +190,24 @@ mod tests {
             );
         }
         h.append("scp-signature", "forged2".parse().unwrap());
+        for n in [
+            "scp_signature",
+            "Scp_Api_Version",
+            "x_auth_token",
+            "authorization_",
+        ] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                "forged".parse().unwrap(),
+            );
+        }
+        h.insert("x_keep", "1".parse().unwrap());
         h.insert("scp-api-version", "virtualserver 1.3".parse().unwrap());
         h.insert("content-type", "application/json".parse().unwrap());
         strip_client_credentials(&mut h);
-        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h.len(), 4, "{h:?}");
         assert!(h.contains_key("scp-api-version") && h.contains_key("content-type"));
+        // Not a credential once folded: kept.
+        assert!(h.contains_key("x_keep") && h.contains_key("authorization_"));
     }
 }
