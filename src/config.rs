@@ -179,6 +179,12 @@ struct RawService {
     allow_unsupported_version: bool,
 }
 
+/// Upper bound for every duration setting.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Upper bound for `server.max_concurrent_requests` (tokio's semaphore takes far more, but no
+/// sidecar needs more than this).
+const MAX_CONCURRENT: usize = 1_000_000;
+
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -278,6 +284,16 @@ impl Upstream {
         let authority: http::uri::Authority = authority_str
             .parse()
             .map_err(|e| format!("{authority_str:?} is not a valid host[:port]: {e}"))?;
+        // `Authority` accepts any text after the last ':'; a bad port would be signed and sent
+        // in Host while the connection silently used the default one.
+        let has_port = authority_str
+            .rsplit_once(':')
+            .is_some_and(|(_, tail)| !tail.contains(']'));
+        if has_port && authority.port_u16().is_none_or(|p| p == 0) {
+            return Err(format!(
+                "{authority_str:?} has an invalid port; use 1..65535"
+            ));
+        }
         Ok(Self {
             base: format!("{scheme}://{authority_str}"),
             scheme,
@@ -509,8 +525,11 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
                 ));
             }
         }
-        if s.timeout.is_zero() {
-            return Err(invalid(&key("timeout"), "must be more than 0s".into()));
+        if s.timeout.is_zero() || s.timeout > MAX_DURATION {
+            return Err(invalid(
+                &key("timeout"),
+                "must be more than 0s and at most 1day".into(),
+            ));
         }
         if let Some(ca) = &s.ca_file {
             require_file(ca).map_err(|e| invalid(&key("ca_file"), e.to_string()))?;
@@ -543,11 +562,46 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         }
     }
     let server = raw.server;
-    if server.max_concurrent_requests == 0 {
+    if !(1..=MAX_CONCURRENT).contains(&server.max_concurrent_requests) {
         return Err(invalid(
             "server.max_concurrent_requests",
-            "must be at least 1".into(),
+            format!("must be between 1 and {MAX_CONCURRENT}"),
         ));
+    }
+    // Zero would close every connection at once; beyond a day is a typo, and huge values
+    // overflow the clock.
+    for (key, value, min) in [
+        (
+            "server.header_read_timeout",
+            server.header_read_timeout,
+            Duration::from_secs(1),
+        ),
+        (
+            "server.idle_timeout",
+            server.idle_timeout,
+            Duration::from_secs(1),
+        ),
+        (
+            "server.shutdown_grace",
+            server.shutdown_grace,
+            Duration::ZERO,
+        ),
+        (
+            "server.shutdown_delay",
+            server.shutdown_delay,
+            Duration::ZERO,
+        ),
+    ] {
+        if value < min || value > MAX_DURATION {
+            return Err(invalid(
+                key,
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
+        }
     }
     if server.max_header_bytes < 1024 {
         return Err(invalid(
@@ -556,6 +610,26 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         ));
     }
     let c = raw.credentials;
+    if c.watch_interval > MAX_DURATION {
+        return Err(invalid(
+            "credentials.watch_interval",
+            "must be at most 1day (\"0s\" turns file watching off)".into(),
+        ));
+    }
+    // Signed as written but trimmed by receivers: surrounding spaces would fail every request.
+    let optional_ak = c.access_key.as_deref().unwrap_or("");
+    for (key, value) in [
+        ("credentials.client_type", c.client_type.as_str()),
+        ("credentials.account_id", c.account_id.as_str()),
+        ("credentials.access_key", optional_ak),
+    ] {
+        if value.trim() != value {
+            return Err(invalid(
+                key,
+                "has leading or trailing spaces; remove them".into(),
+            ));
+        }
+    }
     if c.client_type.is_empty() || !is_header_safe(&c.client_type) {
         return Err(invalid(
             "credentials.client_type",
@@ -869,6 +943,23 @@ mod tests {
                     "routing.default_service",
                 ),
                 ("[services.virtualserver]\ntimeout = \"soon\"\n", "timeout"),
+                ("[server]\nidle_timeout = \"0s\"\n", "server.idle_timeout"),
+                (
+                    "[server]\nheader_read_timeout = \"30000y\"\n",
+                    "server.header_read_timeout",
+                ),
+                (
+                    "[server]\nmax_concurrent_requests = 9999999999\n",
+                    "server.max_concurrent_requests",
+                ),
+                (
+                    "[credentials]\naccount_id = \" acct\"\n",
+                    "credentials.account_id",
+                ),
+                (
+                    "[services.virtualserver]\nupstream = \"https://h:99999\"\n",
+                    "services.virtualserver.upstream",
+                ),
             ] {
                 jail.create_file("config/p.toml", body)?;
                 let err = profile(jail, "p").unwrap_err().to_string();
@@ -912,6 +1003,16 @@ mod tests {
         assert!(Upstream::parse("https://user@h").is_err());
         assert!(Upstream::parse("https://h?x").is_err());
         assert!(Upstream::parse("h:443").is_err());
+        for bad in [
+            "https://h:99999",
+            "https://h:abc",
+            "https://h:",
+            "https://h:0",
+        ] {
+            assert!(Upstream::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Upstream::parse("https://[::1]:8443").is_ok());
+        assert!(Upstream::parse("https://[::1]").is_ok());
         let iam = Upstream::parse("https://iam.s.samsungsdscloud.com").unwrap();
         assert_eq!(iam.scp_region_env(), (None, Some("s".into())));
     }

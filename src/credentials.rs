@@ -196,6 +196,10 @@ impl CredentialStore {
     pub fn current(&self) -> arc_swap::Guard<Arc<Credentials>> {
         self.0.load()
     }
+    /// The current pair as an owned `Arc`, to hold across an `.await`.
+    pub fn snapshot(&self) -> Arc<Credentials> {
+        self.0.load_full()
+    }
     pub fn replace(&self, c: Credentials) {
         self.0.store(Arc::new(c));
     }

@@ -107,7 +107,7 @@ pub async fn start_with_egress(
         layers::allowlist::OperationAllowlistLayer::new(&config.services, metrics.clone())
             .map_err(StartError::Routes)?;
     let image_import = layers::image_import::ImageImportLayer::new(
-        &config.credentials.account_id,
+        store.clone(),
         config.server.max_inspected_body_bytes,
     );
     let monitor_egress = egress.clone();

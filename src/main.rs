@@ -159,6 +159,12 @@ fn serve(cli: &Cli) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    if let (Some(_), Some(file)) = (secret_env(), &cfg.credentials.secret_key_file) {
+        tracing::warn!(
+            file = %file.display(),
+            "SCP_SECRET_KEY is set, so credentials.secret_key_file is ignored (and not watched for rotation); unset one of them"
+        );
+    }
     let watch_interval = cfg.credentials.watch_interval;
     let running_config = scp_auth_proxy::reload::restart_only(&cfg);
     rt.block_on(async move {
@@ -175,10 +181,11 @@ fn serve(cli: &Cli) -> ExitCode {
             let reloader = scp_auth_proxy::reload::Reloader {
                 source,
                 overrides: cli.config.overrides(),
-                secret_env: secret_env(),
+                secret_env: secret_env().map(zeroize::Zeroizing::new),
                 store: running.credentials.clone(),
                 metrics: running.metrics.clone(),
                 running: running_config,
+                serial: Default::default(),
             };
             scp_auth_proxy::reload::spawn(reloader, watch_interval, signals.hup);
         }

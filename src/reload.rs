@@ -7,24 +7,41 @@
 //! symlink, so a change is detected by the resolved path as well as size and mtime.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{self, ConfigError, CredentialsConfig, Overrides, Source};
 use crate::credentials::{CredentialStore, Credentials};
 use crate::metrics::{Metrics, ResultLabel};
+use zeroize::Zeroizing;
 
 /// Everything a reload needs, captured at start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Reloader {
     pub source: Source,
     pub overrides: Overrides,
     /// The value of `SCP_SECRET_KEY` at start (the environment cannot change later).
-    pub secret_env: Option<String>,
+    pub secret_env: Option<Zeroizing<String>>,
     pub store: CredentialStore,
     pub metrics: Metrics,
     /// Everything but `[credentials]` as running, to say when a reload changed what only a
     /// restart applies.
     pub running: String,
+    /// SIGHUP and the file watcher may fire together; one reload at a time, so an older read
+    /// can never be stored after a newer one.
+    pub serial: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("source", &self.source)
+            .field(
+                "secret_env",
+                &self.secret_env.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The parts of a configuration a reload cannot apply (listeners, routes, services).
@@ -57,6 +74,7 @@ impl FileStamp {
 impl Reloader {
     /// Re-reads configuration and the key pair; swaps them in only when both are valid.
     pub fn reload(&self, why: &str) -> Result<(), ConfigError> {
+        let _one_at_a_time = self.serial.lock().unwrap_or_else(|e| e.into_inner());
         let result = config::load(&self.source, &self.overrides).and_then(|cfg| {
             if restart_only(&cfg) != self.running {
                 tracing::warn!(
@@ -65,8 +83,11 @@ impl Reloader {
                      [credentials] apply on reload, the rest on restart"
                 );
             }
-            Credentials::load(&cfg.credentials, self.secret_env.as_deref())
-                .map_err(ConfigError::from)
+            Credentials::load(
+                &cfg.credentials,
+                self.secret_env.as_deref().map(String::as_str),
+            )
+            .map_err(ConfigError::from)
         });
         match result {
             Ok(creds) => {
@@ -95,7 +116,13 @@ impl Reloader {
     /// The files whose change triggers a reload.
     fn watched(&self) -> Vec<PathBuf> {
         match config::load(&self.source, &self.overrides) {
-            Ok(cfg) => key_files(&cfg.credentials),
+            Ok(mut cfg) => {
+                // SCP_SECRET_KEY wins over the file, so the file's changes mean nothing.
+                if self.secret_env.is_some() {
+                    cfg.credentials.secret_key_file = None;
+                }
+                key_files(&cfg.credentials)
+            }
             Err(_) => Vec::new(),
         }
     }
@@ -110,10 +137,17 @@ impl Reloader {
             tick.tick().await;
             let now: Vec<_> = files.iter().map(|f| FileStamp::of(f)).collect();
             if now != stamps {
-                // A half-written file fails validation and is retried on the next change.
+                // Stamps taken before the read: a write that lands during the reload is seen
+                // as a change on the next tick. A half-written file fails validation and is
+                // retried then too.
                 let _ = self.reload("key file changed");
-                files = self.watched();
-                stamps = files.iter().map(|f| FileStamp::of(f)).collect();
+                let new_files = self.watched();
+                if new_files == files {
+                    stamps = now;
+                } else {
+                    files = new_files;
+                    stamps = files.iter().map(|f| FileStamp::of(f)).collect();
+                }
             }
         }
     }

@@ -322,3 +322,37 @@ async fn h2c_and_http10_clients_reach_an_http11_upstream() {
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
     assert!(up.requests().pop().unwrap().signature_ok);
 }
+
+#[tokio::test]
+async fn client_gone_mid_request_leaves_no_request_in_flight() {
+    let (up, proxy, _d) = setup("", "").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET /v1/slow/3000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if up.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(proxy
+        .metrics
+        .encode()
+        .contains("scp_auth_proxy_in_flight_requests 1"));
+    drop(s);
+    let mut gauge_back = false;
+    for _ in 0..200 {
+        if proxy
+            .metrics
+            .encode()
+            .contains("scp_auth_proxy_in_flight_requests 0")
+        {
+            gauge_back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gauge_back, "{}", proxy.metrics.encode());
+}

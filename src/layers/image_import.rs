@@ -16,7 +16,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -26,6 +25,7 @@ use tower::{Layer, Service};
 
 use crate::body::Body;
 use crate::config::ServiceConfig;
+use crate::credentials::CredentialStore;
 use crate::error::ProxyError;
 use crate::policy::image_import::{self, Operation};
 use crate::policy::image_url::Expect;
@@ -46,16 +46,17 @@ pub fn is_image_service(svc: &ServiceConfig) -> bool {
 
 #[derive(Clone, Debug)]
 pub struct ImageImportLayer {
-    account_id: Arc<str>,
+    credentials: CredentialStore,
     max_body: usize,
 }
 
 impl ImageImportLayer {
-    /// `account_id`: `credentials.account_id` ("" when none: URLs' accounts are not compared);
-    /// `max_body`: `server.max_inspected_body_bytes`.
-    pub fn new(account_id: &str, max_body: usize) -> Self {
+    /// `credentials`: the store the signer uses, so the account a URL must belong to follows
+    /// a reload ("" when none: URLs' accounts are not compared); `max_body`:
+    /// `server.max_inspected_body_bytes`.
+    pub fn new(credentials: CredentialStore, max_body: usize) -> Self {
         Self {
-            account_id: account_id.into(),
+            credentials,
             max_body,
         }
     }
@@ -65,7 +66,7 @@ impl<S> Layer<S> for ImageImportLayer {
     type Service = ImageImport<S>;
     fn layer(&self, inner: S) -> Self::Service {
         ImageImport {
-            account_id: self.account_id.clone(),
+            credentials: self.credentials.clone(),
             max_body: self.max_body,
             inner,
         }
@@ -74,7 +75,7 @@ impl<S> Layer<S> for ImageImportLayer {
 
 #[derive(Clone, Debug)]
 pub struct ImageImport<S> {
-    account_id: Arc<str>,
+    credentials: CredentialStore,
     max_body: usize,
     inner: S,
 }
@@ -108,7 +109,7 @@ where
         // The ready inner service goes into the future; a fresh clone stays for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let account_id = self.account_id.clone();
+        let credentials = self.credentials.snapshot();
         let max_body = self.max_body;
         Box::pin(async move {
             let svc = &target.config;
@@ -118,7 +119,7 @@ where
             let expect = Expect {
                 region: svc.region.as_deref(),
                 env: env.as_deref(),
-                account_id: Some(&account_id),
+                account_id: Some(&credentials.account_id),
             };
             image_import::check_body(op, &bytes, &expect)?;
             parts.headers.remove(header::TRANSFER_ENCODING);
@@ -140,11 +141,12 @@ async fn read_bounded(
     svc: &ServiceConfig,
 ) -> Result<Bytes, PolicyError> {
     let operation = op.describe();
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
+    // Every value and every list item: `identity` followed by a second header must not pass.
+    for enc in headers.get_all(header::CONTENT_ENCODING) {
         if !enc
             .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"identity")
+            .split(|b| *b == b',')
+            .all(|item| item.trim_ascii().eq_ignore_ascii_case(b"identity"))
         {
             return Err(PolicyError::BodyEncoded {
                 encoding: String::from_utf8_lossy(enc.as_bytes()).into_owned(),
@@ -192,8 +194,15 @@ mod tests {
         )
     }
 
+    fn store() -> CredentialStore {
+        CredentialStore::new(
+            crate::credentials::Credentials::from_parts("ak", b"s", ACCT, "Openapi", "test")
+                .unwrap(),
+        )
+    }
+
     fn layer() -> ImageImportLayer {
-        ImageImportLayer::new(ACCT, 64 * 1024)
+        ImageImportLayer::new(store(), 64 * 1024)
     }
 
     #[tokio::test]
@@ -282,7 +291,7 @@ mod tests {
     #[tokio::test]
     async fn body_bound() {
         let limit = 1024;
-        let small = ImageImportLayer::new(ACCT, limit);
+        let small = ImageImportLayer::new(store(), limit);
         // declared too large: refused before reading
         let mut req = routed_request(
             "virtualserver",
@@ -324,6 +333,33 @@ mod tests {
         let (res, seen) = call_recorded(layer(), req).await;
         assert_eq!(res.unwrap_err().code(), "body_encoded");
         assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+        // A harmless first value must not hide a second header or list item.
+        for values in [&["identity", "br"][..], &["identity, gzip"][..]] {
+            let mut req = routed_request(
+                "virtualserver",
+                "POST",
+                PATH,
+                crate::body::full(good_body()),
+            );
+            for v in values {
+                req.headers_mut()
+                    .append(header::CONTENT_ENCODING, HeaderValue::from_static(v));
+            }
+            let (res, seen) = call_recorded(layer(), req).await;
+            assert_eq!(res.unwrap_err().code(), "body_encoded", "{values:?}");
+            assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+        }
+        let mut req = routed_request(
+            "virtualserver",
+            "POST",
+            PATH,
+            crate::body::full(good_body()),
+        );
+        req.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        assert!(call_recorded(layer(), req).await.0.is_ok());
     }
 
     #[tokio::test]

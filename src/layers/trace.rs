@@ -85,6 +85,7 @@ where
                 uri,
                 id,
                 started,
+                answered: false,
             }),
         }
     }
@@ -96,6 +97,24 @@ struct State {
     uri: Uri,
     id: HeaderValue,
     started: Instant,
+    answered: bool,
+}
+
+impl Drop for State {
+    /// Also runs when hyper drops the request because the client went away, so the in-flight
+    /// gauge never drifts upward.
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        if !self.answered {
+            tracing::debug!(
+                target: "access",
+                request_id = %String::from_utf8_lossy(self.id.as_bytes()),
+                method = %self.method,
+                path = self.uri.path(),
+                "client went away before the response"
+            );
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -118,10 +137,10 @@ where
             Poll::Pending => return Poll::Pending,
             Poll::Ready(out) => out,
         };
-        let Some(state) = this.state.take() else {
+        let Some(mut state) = this.state.take() else {
             return Poll::Ready(out);
         };
-        state.metrics.in_flight.dec();
+        state.answered = true;
         let Ok(mut resp) = out else {
             return Poll::Ready(out);
         };
@@ -164,7 +183,7 @@ where
                 error_code = resp.extensions().get::<ErrorCode>().map(|c| c.0),
             );
         }
-        resp.headers_mut().insert(X_REQUEST_ID, state.id);
+        resp.headers_mut().insert(X_REQUEST_ID, state.id.clone());
         Poll::Ready(Ok(resp))
     }
 }
