@@ -30,12 +30,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower::Service;
 
-use crate::body::Body;
+use crate::body::{Body, NoTrailers};
 use crate::config::{ServiceConfig, Upstream};
 use crate::error::{ProxyError, UpstreamError};
 use crate::route::{Routed, Target};
 
-pub type HttpClient = Client<HttpsConnector<UpstreamConnector>, Body>;
+pub type HttpClient = Client<HttpsConnector<UpstreamConnector>, NoTrailers<Body>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -533,7 +533,7 @@ impl Service<Request<Body>> for Forward {
         };
         // Started here, so the pooled client is borrowed, not cloned, per request.
         let started = Instant::now();
-        let response = self.clients[target.index].request(req);
+        let response = self.clients[target.index].request(req.map(NoTrailers::new));
         Box::pin(async move {
             let timeout = target.config.timeout;
             let result = tokio::time::timeout(timeout, response).await;

@@ -781,7 +781,9 @@ async fn connect_target_gets_the_scheme_default_port() {
         let svc = cfg.service("virtualserver").unwrap();
         let http = client_for(svc, &egress).unwrap();
         let req = Request::get(format!("{base}/v1/servers"))
-            .body(scp_auth_proxy::body::empty())
+            .body(scp_auth_proxy::body::NoTrailers::new(
+                scp_auth_proxy::body::empty(),
+            ))
             .unwrap();
         let err = tokio::time::timeout(WAIT, http.request(req))
             .await
@@ -801,9 +803,9 @@ async fn client_for_tunnels_a_plain_request() {
     let svc = cfg.service("virtualserver").unwrap();
     let http = client_for(svc, &Egress::direct().with_http_proxy(proxy.url())).unwrap();
     let req = Request::post(format!("{base}/v1/echo"))
-        .body(http_body_util::Either::Right(Full::new(
-            Bytes::from_static(b"hello"),
-        )))
+        .body(scp_auth_proxy::body::NoTrailers::new(
+            http_body_util::Either::Right(Full::new(Bytes::from_static(b"hello"))),
+        ))
         .unwrap();
     let resp = tokio::time::timeout(WAIT, http.request(req))
         .await

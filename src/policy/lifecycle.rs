@@ -327,7 +327,7 @@ pub async fn fetch_live(
     let client = crate::forward::client_for(svc, egress).map_err(|e| e.to_string())?;
     let req = http::Request::get(format!("{}/", svc.upstream.base))
         .header(http::header::ACCEPT, "application/json")
-        .body(crate::body::empty())
+        .body(crate::body::NoTrailers::new(crate::body::empty()))
         .map_err(|e| e.to_string())?;
     let work = async {
         let resp = client
