@@ -105,6 +105,23 @@ pub enum Command {
     Versions(VersionsArgs),
     /// Run the built-in SCP emulator alone (an upstream that checks signatures like SCP).
     Emulator(EmulatorArgs),
+    /// Print the SCP headers for one request, signed now with the configured key pair (for
+    /// debugging a 401: compare with what the cloud computed). The string to sign goes to
+    /// stderr; it holds no secret.
+    ///
+    /// Example: scp-auth-proxy sign --profile prod GET 'https://virtualserver.kr-west1.e.samsungsdscloud.com/v1/images?limit=10'
+    Sign(SignArgs),
+}
+
+/// Options of `sign`.
+#[derive(Debug, Args, Clone)]
+pub struct SignArgs {
+    /// HTTP method, e.g. GET or POST.
+    #[arg(value_name = "METHOD")]
+    pub method: String,
+    /// The full URL exactly as it goes on the wire (scheme, host, escaped path, query).
+    #[arg(value_name = "URL")]
+    pub url: String,
 }
 
 /// Options of `check-config`.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use scp_auth_proxy::catalog::Date;
-use scp_auth_proxy::cli::{CheckArgs, Cli, Command, EmulatorArgs, VersionsArgs};
+use scp_auth_proxy::cli::{CheckArgs, Cli, Command, EmulatorArgs, SignArgs, VersionsArgs};
 use scp_auth_proxy::config::{self, Config};
 use scp_auth_proxy::credentials::{Credentials, SECRET_ENV};
 use scp_auth_proxy::emulator;
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(args)) => check_config(&cli, args),
         Some(Command::Versions(args)) => versions(&cli, args),
         Some(Command::Emulator(args)) => run_emulator(&cli, args),
+        Some(Command::Sign(args)) => sign(&cli, args),
         Some(Command::Serve) | None => serve(&cli),
     };
     log.flush();
@@ -42,6 +43,51 @@ fn load(cli: &Cli) -> Result<Config, ExitCode> {
 
 fn secret_env() -> Option<String> {
     std::env::var(SECRET_ENV).ok()
+}
+
+/// `sign`: the headers the proxy would set for one request, as `Name: value` lines (usable
+/// with `curl -H @file`).
+fn sign(cli: &Cli, args: &SignArgs) -> ExitCode {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if cfg.emulator.in_process {
+        return fail("the dev profile signs with a throwaway key that exists only inside a running proxy; use a profile with a real key pair");
+    }
+    let method = args.method.to_ascii_uppercase();
+    match args.url.parse::<http::Uri>() {
+        Ok(u) if u.scheme().is_some() && u.authority().is_some() => {}
+        _ => {
+            return fail(format!(
+                "{:?} is not a full URL; give it as https://HOST/PATH?QUERY",
+                args.url
+            ))
+        }
+    }
+    let creds = match Credentials::load(&cfg.credentials, secret_env().as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let timestamp = scp_auth_proxy::signer::timestamp_ms(std::time::SystemTime::now()).to_string();
+    let input = scp_auth_proxy::signer::SignInput {
+        method: &method,
+        url_parts: &[&args.url],
+        timestamp: &timestamp,
+        access_key: &creds.access_key,
+        account_id: &creds.account_id,
+        client_type: &creds.client_type,
+    };
+    scp_auth_proxy::logging::flush();
+    eprintln!("string to sign: {}", input.string_to_sign());
+    println!("Scp-Accesskey: {}", creds.access_key);
+    println!("Scp-Timestamp: {timestamp}");
+    println!("Scp-Signature: {}", creds.key.sign(&input).as_str());
+    println!("Scp-ClientType: {}", creds.client_type);
+    if !creds.account_id.is_empty() {
+        println!("Scp-AccountId: {}", creds.account_id);
+    }
+    ExitCode::SUCCESS
 }
 
 fn check_config(cli: &Cli, args: &CheckArgs) -> ExitCode {

@@ -129,3 +129,55 @@ fn no_source_says_how_to_choose_one() {
         "{out}"
     );
 }
+
+#[test]
+fn sign_prints_headers_that_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &dir,
+        &format!("{BASE}[credentials]\naccess_key = \"ak-cli\"\naccount_id = \"acct-cli\"\n"),
+    );
+    let url = "https://virtualserver.kr-west1.e.samsungsdscloud.com/v1/images?name=a%20b&name=c";
+    let out = Command::new(BIN)
+        .args(["sign", "--config", &cfg, "get", url])
+        .env("SCP_SECRET_KEY", "cli-secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let header = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+            .to_owned()
+    };
+    let ts = header("Scp-Timestamp");
+    let expected = scp_auth_proxy::signer::sign(
+        b"cli-secret",
+        "GET",
+        url,
+        &ts,
+        "ak-cli",
+        "acct-cli",
+        "Openapi",
+    );
+    assert_eq!(header("Scp-Signature"), expected);
+    assert_eq!(header("Scp-Accesskey"), "ak-cli");
+    assert_eq!(header("Scp-AccountId"), "acct-cli");
+    assert_eq!(header("Scp-ClientType"), "Openapi");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "string to sign: GET{url}{ts}ak-cliacct-cliOpenapi"
+        )),
+        "{stderr}"
+    );
+    assert!(!format!("{stdout}{stderr}").contains("cli-secret"));
+    let (code, out) = run(
+        &["sign", "--config", &cfg, "GET", "/v1/images"],
+        &[("SCP_SECRET_KEY", "s")],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not a full URL"), "{out}");
+}
