@@ -8,7 +8,6 @@
 //! `scp_auth_proxy_allowlist_decisions_total{service, rule}` (`rule="none"`: refused). Services
 //! without `allow` pass everything through uncounted.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -34,16 +33,21 @@ struct Counted {
     refused: Counter,
 }
 
+/// Per service, in configuration order (the routing table's order, so a request's
+/// `Target::index` finds its entry without hashing); `None` where a service has no allowlist.
+type Lists = Arc<[(String, Option<Counted>)]>;
+
 #[derive(Clone, Debug)]
 pub struct OperationAllowlistLayer {
-    lists: Arc<HashMap<String, Counted>>,
+    lists: Lists,
 }
 
 impl OperationAllowlistLayer {
     /// Parses every service's `allow`; the error names the service and the rule.
     pub fn new(services: &[ServiceConfig], metrics: Metrics) -> Result<Self, String> {
-        let mut lists = HashMap::new();
+        let mut lists = Vec::with_capacity(services.len());
         for s in services {
+            let mut counted = None;
             if let Some(rules) = &s.allow {
                 let list = Allowlist::parse(rules)
                     .map_err(|m| format!("services.{}.allow: {m}", s.name))?;
@@ -58,18 +62,16 @@ impl OperationAllowlistLayer {
                 };
                 let allowed = list.rules.iter().map(|r| counter(&r.text)).collect();
                 let refused = counter("none");
-                lists.insert(
-                    s.name.clone(),
-                    Counted {
-                        list,
-                        allowed,
-                        refused,
-                    },
-                );
+                counted = Some(Counted {
+                    list,
+                    allowed,
+                    refused,
+                });
             }
+            lists.push((s.name.clone(), counted));
         }
         Ok(Self {
-            lists: Arc::new(lists),
+            lists: lists.into(),
         })
     }
 }
@@ -86,7 +88,7 @@ impl<S> Layer<S> for OperationAllowlistLayer {
 
 #[derive(Clone, Debug)]
 pub struct OperationAllowlist<S> {
-    lists: Arc<HashMap<String, Counted>>,
+    lists: Lists,
     inner: S,
 }
 
@@ -96,7 +98,11 @@ impl<S> OperationAllowlist<S> {
             return Ok(());
         };
         let service = routed.target.name();
-        let Some(counted) = self.lists.get(service) else {
+        let entry = match self.lists.get(routed.target.index) {
+            Some(e) if e.0 == service => Some(e),
+            _ => self.lists.iter().find(|e| e.0 == service),
+        };
+        let Some((_, Some(counted))) = entry else {
             return Ok(());
         };
         let list = &counted.list;

@@ -15,8 +15,6 @@ use tower::{Layer, Service};
 use crate::route::Routed;
 
 static ACCEPT_LANGUAGE_DEFAULT: HeaderValue = HeaderValue::from_static("en-US");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeaderHygieneLayer;
@@ -89,8 +87,12 @@ where
     }
 }
 
-/// Removes `Connection`, the headers it names, and the standard hop-by-hop headers.
+/// Removes `Connection`, the headers it names, and the standard hop-by-hop headers. One scan
+/// over the (usually few) headers when there is nothing to remove.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| is_hop_by_hop(k.as_str())) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -102,36 +104,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for n in named {
             headers.remove(n);
         }
-        headers.remove(header::CONNECTION);
     }
-    for h in [
-        KEEP_ALIVE,
-        header::TE,
-        header::TRAILER,
-        header::UPGRADE,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(h);
-    }
-    remove_matching(headers, |n| n.starts_with("proxy-"));
+    remove_matching(headers, is_hop_by_hop);
+}
+
+fn is_hop_by_hop(n: &str) -> bool {
+    matches!(
+        n,
+        "connection" | "keep-alive" | "te" | "trailer" | "upgrade" | "transfer-encoding"
+    ) || n.starts_with("proxy-")
 }
 
 /// Removes every credential the client may have sent; the proxy's own are set later. Names
 /// are compared with `_` read as `-`, because some gateways fold `Scp_Signature` into
 /// `Scp-Signature`.
 pub fn strip_client_credentials(headers: &mut HeaderMap) {
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(X_AUTH_TOKEN);
     remove_matching(headers, |n| {
-        n.starts_with("scp-") && n != "scp-api-version"
-            || n.contains('_') && is_credential_name(&n.replace('_', "-"))
+        is_credential_name(n) || n.contains('_') && is_credential_name(&n.replace('_', "-"))
     });
 }
 
 fn is_credential_name(n: &str) -> bool {
-    n == "authorization" || n == "x-auth-token" || n.starts_with("scp-")
+    n == "authorization"
+        || n == "x-auth-token"
+        || n.starts_with("scp-") && n != "scp-api-version"
+        // A folded `Scp_Api_Version` is a second, unchecked version header: drop it too.
+        || n == "scp_api_version"
 }
 
 /// Removes headers whose (lower-case) name matches; allocates only when one does.
