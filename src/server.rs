@@ -42,6 +42,32 @@ impl Health {
     }
 }
 
+/// What the listeners serve: a tower service answering every request (errors are already
+/// responses), cloned per connection.
+pub trait HttpService:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<crate::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<crate::body::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -67,14 +93,7 @@ pub async fn serve<S>(
     grace: Duration,
 ) -> bool
 where
-    S: tower::Service<
-            Request<Incoming>,
-            Response = Response<crate::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: HttpService,
 {
     let builder = Arc::new(builder(cfg));
     let idle = cfg.idle_timeout;
@@ -122,14 +141,7 @@ async fn connection<S>(
     _alive: mpsc::Sender<()>,
     idle: Duration,
 ) where
-    S: tower::Service<
-            Request<Incoming>,
-            Response = Response<crate::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: HttpService,
 {
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
