@@ -322,24 +322,11 @@ impl Drop for TlsUpstream {
 
 impl TlsUpstream {
     async fn start() -> Self {
-        let cert_pem = std::fs::read(fixture("upstream.pem")).unwrap();
-        let key_pem = std::fs::read(fixture("upstream.key")).unwrap();
-        let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .unwrap()
-            .unwrap();
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = tls_acceptor(
+            &fixture("upstream.pem"),
+            &fixture("upstream.key"),
+            &[b"http/1.1"],
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sni = Arc::new(Mutex::new(Vec::new()));

@@ -23,30 +23,11 @@ struct Seen {
 
 /// An HTTPS upstream on 127.0.0.1:0 offering h2 and http/1.1 by ALPN.
 async fn tls_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<Seen>>>) {
-    let certs: Vec<_> = rustls_pemfile::certs(
-        &mut std::fs::read(format!("{FIXTURES}/server.pem"))
-            .unwrap()
-            .as_slice(),
-    )
-    .collect::<Result<_, _>>()
-    .unwrap();
-    let key = rustls_pemfile::private_key(
-        &mut std::fs::read(format!("{FIXTURES}/server.key"))
-            .unwrap()
-            .as_slice(),
-    )
-    .unwrap()
-    .unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = tls_acceptor(
+        &format!("{FIXTURES}/server.pem"),
+        &format!("{FIXTURES}/server.key"),
+        &[b"h2", b"http/1.1"],
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();

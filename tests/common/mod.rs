@@ -406,3 +406,26 @@ impl Drop for Proc {
         }
     }
 }
+
+/// A TLS acceptor for a test upstream: the PEM certificate chain and key at these paths,
+/// offering `alpn` (e.g. `[b"h2", b"http/1.1"]`).
+pub fn tls_acceptor(cert: &str, key: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let cert_pem = std::fs::read(cert).unwrap();
+    let key_pem = std::fs::read(key).unwrap();
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .unwrap()
+        .unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+}
