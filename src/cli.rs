@@ -111,6 +111,24 @@ pub enum Command {
     ///
     /// Example: scp-auth-proxy sign --profile prod GET 'https://virtualserver.kr-west1.e.samsungsdscloud.com/v1/images?limit=10'
     Sign(SignArgs),
+    /// Wait until a proxy's admin listener answers /readyz with 200, then exit 0; exit 1 with
+    /// what the last attempt saw when --timeout passes. For an init step or the entrypoint of
+    /// an app that must not start before its sidecar.
+    ///
+    /// Example: scp-auth-proxy wait --admin 127.0.0.1:9901 --timeout 30s && exec my-app
+    Wait(WaitArgs),
+}
+
+/// Options of `wait`.
+#[derive(Debug, Args, Clone)]
+pub struct WaitArgs {
+    /// The proxy's admin address. Default: server.admin_listen of the configuration given with
+    /// --config or --profile, else --admin-listen, else 127.0.0.1:9901.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// Options of `sign`.

@@ -107,6 +107,10 @@ pub struct ServerConfig {
     /// At start of serving, read each service's live version list (unsigned `GET /`, 2s
     /// timeout, in the background) and warn where it disagrees with the built-in catalog.
     pub check_live_versions: bool,
+    /// `POST /quitquitquit` on the admin listener starts the graceful drain (for Jobs whose
+    /// main container has ended). Off by default: anyone who can reach the admin port could
+    /// stop the sidecar.
+    pub enable_quit: bool,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +126,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(90),
             max_inspected_body_bytes: 64 * 1024,
             check_live_versions: true,
+            enable_quit: false,
         }
     }
 }
@@ -424,6 +429,7 @@ fn is_known_key(key: &str) -> bool {
                 "idle_timeout",
                 "max_inspected_body_bytes",
                 "check_live_versions",
+                "enable_quit",
             ],
         ),
         (
@@ -772,6 +778,7 @@ impl Config {
             s.max_inspected_body_bytes
         );
         let _ = writeln!(o, "check_live_versions = {}", s.check_live_versions);
+        let _ = writeln!(o, "enable_quit = {}", s.enable_quit);
         let c = &self.credentials;
         let _ = writeln!(o, "\n[credentials]");
         if let Some(ak) = &c.access_key {

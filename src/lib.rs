@@ -20,6 +20,7 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod signer;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +66,12 @@ impl Running {
     pub fn shutdown(&self) {
         self.health.set_draining();
         let _ = self.shutdown.send(true);
+    }
+
+    /// Resolves once a shutdown has begun from inside (`POST /quitquitquit`) or by
+    /// [`Running::shutdown`]; the caller then waits for [`Running::wait`].
+    pub async fn shutdown_requested(&self) {
+        wait_true(self.shutdown.subscribe()).await;
     }
 
     /// Waits until serving has stopped; true when every request finished within the grace.
@@ -141,7 +148,11 @@ pub async fn start_with_egress(
         health: health.clone(),
         metrics: metrics.clone(),
         credentials: store.clone(),
+        quit: config.server.enable_quit.then(|| tx.clone()),
     };
+    if config.server.enable_quit && !admin_addr.ip().is_loopback() {
+        tracing::warn!(%admin_addr, "server.enable_quit is on and the admin listener is not on loopback: anything that reaches it can stop the proxy");
+    }
     let server_cfg = config.server.clone();
     let admin_cfg = config.server.clone();
     // The admin listener outlives the data plane's drain so /readyz can say 503 meanwhile.

@@ -1,10 +1,13 @@
 //! CLI dispatch and exit codes: 0 clean, 1 bad config or credentials, 2 bad usage (clap).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use scp_auth_proxy::catalog::Date;
-use scp_auth_proxy::cli::{CheckArgs, Cli, Command, EmulatorArgs, SignArgs, VersionsArgs};
+use scp_auth_proxy::cli::{
+    CheckArgs, Cli, Command, EmulatorArgs, SignArgs, VersionsArgs, WaitArgs,
+};
 use scp_auth_proxy::config::{self, Config};
 use scp_auth_proxy::credentials::{Credentials, SECRET_ENV};
 use scp_auth_proxy::emulator;
@@ -18,6 +21,7 @@ fn main() -> ExitCode {
         Some(Command::Versions(args)) => versions(&cli, args),
         Some(Command::Emulator(args)) => run_emulator(&cli, args),
         Some(Command::Sign(args)) => sign(&cli, args),
+        Some(Command::Wait(args)) => wait(&cli, args),
         Some(Command::Serve) | None => serve(&cli),
     };
     log.flush();
@@ -88,6 +92,40 @@ fn sign(cli: &Cli, args: &SignArgs) -> ExitCode {
         println!("Scp-AccountId: {}", creds.account_id);
     }
     ExitCode::SUCCESS
+}
+
+/// `wait`: exit 0 once the proxy's admin listener says ready, 1 on timeout.
+fn wait(cli: &Cli, args: &WaitArgs) -> ExitCode {
+    let admin = match (args.admin, cli.config.source()) {
+        (Some(a), _) => a,
+        (None, Some(_)) => match load(cli) {
+            Ok(c) => c.server.admin_listen,
+            Err(code) => return code,
+        },
+        (None, None) => cli
+            .config
+            .admin_listen
+            .unwrap_or_else(|| config::ServerConfig::default().admin_listen),
+    };
+    let admin = scp_auth_proxy::wait::reachable(admin);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(scp_auth_proxy::wait::until_ready(admin, args.timeout)) {
+        Ok(took) => {
+            scp_auth_proxy::logging::flush();
+            eprintln!(
+                "ready: http://{admin}/readyz answered 200 after {}",
+                humantime::format_duration(Duration::from_millis(took.as_millis() as u64))
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }
 
 fn check_config(cli: &Cli, args: &CheckArgs) -> ExitCode {
@@ -235,8 +273,11 @@ fn serve(cli: &Cli) -> ExitCode {
             };
             scp_auth_proxy::reload::spawn(reloader, watch_interval, signals.hup);
         }
-        signals.stop.recv().await;
-        tracing::info!("shutting down: draining in-flight requests");
+        // A signal, or POST /quitquitquit (which has already begun the drain).
+        tokio::select! {
+            _ = signals.stop.recv() => tracing::info!("shutting down: draining in-flight requests"),
+            _ = running.shutdown_requested() => {}
+        }
         running.shutdown();
         tokio::select! {
             // Requests still running when the grace ran out were logged; the stop itself is normal.
@@ -287,8 +328,11 @@ fn serve_dev(cfg: Config) -> ExitCode {
                 tracing::info!("SIGHUP: the dev profile's throwaway key is not reloaded");
             }
         });
-        signals.stop.recv().await;
-        tracing::info!("shutting down: draining in-flight requests");
+        // A signal, or POST /quitquitquit (which has already begun the drain).
+        tokio::select! {
+            _ = signals.stop.recv() => tracing::info!("shutting down: draining in-flight requests"),
+            _ = running.shutdown_requested() => {}
+        }
         running.shutdown();
         let code = tokio::select! {
             _drained = running.wait() => ExitCode::SUCCESS,

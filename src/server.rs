@@ -245,12 +245,15 @@ impl<T: AsyncWrite> AsyncWrite for Activity<T> {
     }
 }
 
-/// The admin endpoints: `/healthz`, `/readyz`, `/metrics`.
+/// The admin endpoints: `/healthz`, `/readyz`, `/metrics`, and `POST /quitquitquit` when
+/// `server.enable_quit` is set.
 #[derive(Clone)]
 pub struct Admin {
     pub health: Arc<Health>,
     pub metrics: Metrics,
     pub credentials: crate::credentials::CredentialStore,
+    /// Starts the graceful drain (`POST /quitquitquit`); `None` unless `server.enable_quit`.
+    pub quit: Option<watch::Sender<bool>>,
 }
 
 impl Admin {
@@ -262,6 +265,20 @@ impl Admin {
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
             r
         };
+        if let (Some(quit), "/quitquitquit") = (&self.quit, req.uri().path()) {
+            if req.method() != Method::POST {
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "POST only\n".into(),
+                    "text/plain",
+                );
+            }
+            // Readiness turns 503 at once; the data plane drains as on SIGTERM.
+            self.health.set_draining();
+            let _ = quit.send(true);
+            tracing::info!("POST /quitquitquit: draining in-flight requests");
+            return text(StatusCode::OK, "draining\n".into(), "text/plain");
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
