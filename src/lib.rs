@@ -3,6 +3,7 @@
 //! [`start`] runs the real data plane and admin listener in-process; `main.rs` only parses the
 //! command line, loads configuration and waits for signals.
 
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod catalog;
@@ -29,10 +30,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::{Admin, Health};
 use crate::config::Config;
 use crate::credentials::{CredentialStore, Credentials};
 use crate::metrics::Metrics;
-use crate::server::{Admin, Health};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
