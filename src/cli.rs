@@ -137,8 +137,9 @@ pub struct SignArgs {
     /// HTTP method, e.g. GET or POST.
     #[arg(value_name = "METHOD")]
     pub method: String,
-    /// The full URL exactly as it goes on the wire (scheme, host, escaped path, query).
-    #[arg(value_name = "URL")]
+    /// The full URL exactly as it goes on the wire (scheme, host, escaped path, query):
+    /// percent-encoded, so no raw space or non-ASCII character.
+    #[arg(value_name = "URL", value_parser = parse_wire_url)]
     pub url: String,
 }
 
@@ -170,21 +171,45 @@ fn parse_day(s: &str) -> Result<crate::catalog::Date, String> {
     crate::catalog::Date::parse(s).ok_or_else(|| format!("{s:?} is not a day such as 2026-05-31"))
 }
 
+/// Accepts a URL only in the form it goes on the wire. A raw space or non-ASCII character
+/// would be signed as typed while any HTTP client sends it percent-encoded, so the signature
+/// could never match; the message shows the encoded form to use instead.
+fn parse_wire_url(s: &str) -> Result<String, String> {
+    if s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(s.to_owned());
+    }
+    let mut encoded = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_graphic() {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Err(format!(
+        "not a wire URL: it holds raw spaces, control or non-ASCII characters, which clients \
+         send percent-encoded (and SCP signs as sent); sign the encoded form: {encoded}"
+    ))
+}
+
 // `scp-auth-proxy emulator [--listen ADDR] [--access-key K] [--secret-key-file F] [--account-id A]`:
 // needs no --config or --profile; the address comes from the global `--listen`.
 #[derive(Debug, Args, Clone)]
 #[command(after_help = EMULATOR_EXAMPLES)]
 pub struct EmulatorArgs {
-    /// The access key it accepts.
-    #[arg(long, value_name = "KEY", default_value = "emulator-access-key")]
-    pub access_key: String,
-    /// File holding the secret key it accepts; SIGHUP re-reads it. Required unless
-    /// SCP_SECRET_KEY is set (the file wins when both are).
+    /// The access key it accepts [default: emulator-access-key with a given secret, else a
+    /// generated one].
+    #[arg(long, value_name = "KEY")]
+    pub access_key: Option<String>,
+    /// File holding the secret key it accepts; SIGHUP re-reads it. Without it (and without
+    /// SCP_SECRET_KEY; the file wins when both are set) the emulator generates throwaway
+    /// credentials and prints them once on stdout as KEY=value lines.
     #[arg(long, value_name = "FILE")]
     pub secret_key_file: Option<PathBuf>,
-    /// The account id it expects in Scp-AccountId ("" when none is sent).
-    #[arg(long, value_name = "ID", default_value = "")]
-    pub account_id: String,
+    /// The account id it expects in Scp-AccountId [default: "" (none sent) with a given
+    /// secret, else a generated one].
+    #[arg(long, value_name = "ID")]
+    pub account_id: Option<String>,
     /// How long an accepted image import stays `importing` before it is `active`.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     pub import_delay: std::time::Duration,
@@ -192,10 +217,30 @@ pub struct EmulatorArgs {
 
 const EMULATOR_EXAMPLES: &str = "\
 Examples:
+  scp-auth-proxy emulator > emulator.env   # throwaway credentials, printed once as KEY=value lines
   printf 'emulator-secret' > /tmp/emu-secret
   scp-auth-proxy emulator --listen 127.0.0.1:18080 --secret-key-file /tmp/emu-secret
   kill -HUP <pid>     # re-read the key file (rotation)";
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration such as \"3s\": {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_takes_wire_urls_only() {
+        let ok = "https://h.example/v1/images?name=%EC%9A%B0%EB%B6%84%ED%88%AC&q=a+b%2Fc:d";
+        assert_eq!(parse_wire_url(ok).as_deref(), Ok(ok));
+        let err = parse_wire_url("https://h.example/v1/images?name=우분투 22").unwrap_err();
+        assert!(
+            err.ends_with("https://h.example/v1/images?name=%EC%9A%B0%EB%B6%84%ED%88%AC%2022"),
+            "{err}"
+        );
+        for bad in ["https://h/a b", "https://h/\t", "https://h/é"] {
+            assert!(parse_wire_url(bad).is_err(), "{bad:?}");
+        }
+    }
 }

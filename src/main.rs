@@ -346,7 +346,7 @@ fn serve_dev(cfg: Config) -> ExitCode {
 
 /// `scp-auth-proxy emulator`: the emulator alone; SIGHUP re-reads its key file.
 fn run_emulator(cli: &Cli, args: &EmulatorArgs) -> ExitCode {
-    let opts = match emulator::standalone_options(args, secret_env().as_deref()) {
+    let standalone = match emulator::standalone_options(args, secret_env().as_deref()) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
@@ -364,10 +364,22 @@ fn run_emulator(cli: &Cli, args: &EmulatorArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(format!("cannot listen on {listen} (--listen): {e}")),
         };
-        let handle = match emulator::spawn(listener, opts).await {
+        let env_lines = match listener.local_addr() {
+            Ok(addr) => standalone.env_lines(&format!("http://{addr}")),
+            Err(e) => return fail(format!("cannot listen on {listen} (--listen): {e}")),
+        };
+        let handle = match emulator::spawn(listener, standalone.opts).await {
             Ok(h) => h,
             Err(e) => return fail(e),
         };
+        // Once, on stdout (the log goes to stderr): the only place a generated secret appears.
+        scp_auth_proxy::logging::flush();
+        {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(env_lines.as_bytes()).and_then(|()| out.flush());
+        }
+        drop(env_lines);
         loop {
             tokio::select! {
                 _ = hup.recv() => {

@@ -181,3 +181,30 @@ fn sign_prints_headers_that_verify() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("not a full URL"), "{out}");
 }
+
+/// `sign` signs the URL as it goes on the wire; a raw space or non-ASCII character (which any
+/// client would send encoded) is refused, and the message shows the encoded form.
+#[test]
+fn sign_refuses_a_url_that_is_not_on_the_wire_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, &format!("{BASE}[credentials]\naccess_key = \"ak\"\n"));
+    let raw = "https://virtualserver.kr-west1.e.samsungsdscloud.com/v1/images?name=우분투 22.04";
+    let (code, out) = run(
+        &["sign", "--config", &cfg, "GET", raw],
+        &[("SCP_SECRET_KEY", "s")],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(!out.contains("Scp-Signature"), "{out}");
+    let encoded = "https://virtualserver.kr-west1.e.samsungsdscloud.com/v1/images?name=%EC%9A%B0%EB%B6%84%ED%88%AC%2022.04";
+    assert!(out.contains(encoded), "{out}");
+    // The form it suggests is accepted.
+    let (code, out) = run(
+        &["sign", "--config", &cfg, "GET", encoded],
+        &[("SCP_SECRET_KEY", "s")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("string to sign: GET{encoded}")),
+        "{out}"
+    );
+}

@@ -3,6 +3,8 @@
 //! subcommand with SIGHUP rotation. Everything runs on 127.0.0.1; time-based checks poll with a
 //! deadline instead of sleeping.
 
+mod common;
+
 use std::io::BufRead as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -855,8 +857,24 @@ const BIN: &str = env!("CARGO_BIN_EXE_scp-auth-proxy");
 /// A child process ended (SIGTERM, then SIGKILL) when dropped.
 struct Proc {
     child: Child,
+    /// stderr (the log), line by line.
     lines: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// stdout, line by line.
+    out: std::sync::mpsc::Receiver<String>,
+}
+
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl Proc {
@@ -865,24 +883,34 @@ impl Proc {
             .args(args)
             .env_remove("SCP_SECRET_KEY")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stderr.take().unwrap());
+        let out = lines_of(child.stdout.take().unwrap());
         Self {
             child,
             lines,
             seen: Vec::new(),
+            out,
+        }
+    }
+
+    /// stdout lines up to and including the first that starts with `last`, within 20 s.
+    fn stdout_until(&self, last: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .out
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no stdout line {last:?}; got:\n{}", got.join("\n")));
+            got.push(line.clone());
+            if line.starts_with(last) {
+                return got;
+            }
         }
     }
 
@@ -991,20 +1019,128 @@ async fn standalone_emulator_rereads_its_key_file_on_sighup() {
     assert!(!log.contains("SECRET"), "a secret reached the log:\n{log}");
 }
 
-#[test]
-fn standalone_emulator_needs_a_secret_but_no_config() {
-    let out = Command::new(BIN)
-        .args(["emulator", "--listen", "127.0.0.1:0"])
-        .env_remove("SCP_SECRET_KEY")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--secret-key-file") && err.contains("SCP_SECRET_KEY"),
-        "{err}"
+/// `scp-auth-proxy emulator` with no key: throwaway credentials printed once on stdout as
+/// KEY=value lines, never in the log; a proxy binary configured from those lines alone (plus a
+/// config naming the service) gets 200, and path ids are percent-decoded as SCP does.
+#[tokio::test]
+async fn standalone_emulator_without_a_key_prints_credentials_a_proxy_can_use() {
+    let mut emu = Proc::spawn(&[
+        "--log-format",
+        "json",
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let printed = emu.stdout_until("SCP_PROXY_SERVICES__VIRTUALSERVER__UPSTREAM=");
+    let env: Vec<(String, String)> = printed
+        .iter()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not KEY=value: {l}"));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    let get = |k: &str| -> String {
+        env.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k} in:\n{}", printed.join("\n")))
+    };
+    let (url, ak, secret, account) = (
+        get("SCP_EMULATOR_URL"),
+        get("SCP_ACCESS_KEY"),
+        get("SCP_SECRET_KEY"),
+        get("SCP_ACCOUNT_ID"),
     );
-    assert!(!err.contains("--profile"), "{err}");
+    let started = emu.wait_log("SCP emulator listening");
+    assert_eq!(started["url"], url.as_str());
+    assert_eq!(started["access_key"], ak.as_str());
+    assert_eq!(get("SCP_PROXY_CREDENTIALS__ACCESS_KEY"), ak);
+    assert_eq!(get("SCP_PROXY_CREDENTIALS__ACCOUNT_ID"), account);
+    assert_eq!(get("SCP_PROXY_SERVICES__VIRTUALSERVER__UPSTREAM"), url);
+    assert!(secret.len() >= 32 && account.len() == 32, "{printed:?}");
+    // Shell- and env-file-safe values.
+    for (k, v) in &env {
+        assert!(
+            v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":/.-_".contains(&b)),
+            "{k}={v}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [routing]\ndefault_service = \"virtualserver\"\n\
+         [services.virtualserver]\napi_version = \"1.3\"\nregion = \"kr-west1\"\n",
+    )
+    .unwrap();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let proxy = common::Proc::start(&["--config", file.to_str().unwrap()], &envs);
+    let base = format!("http://{}", proxy.addr);
+    let r = send(request(Method::GET, &format!("{base}/v1/images"), None)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["images"][0]["id"], DEMO_IMAGE_ID);
+    assert_eq!(r.json()["images"][0]["owner"], account.as_str());
+    // %2D is '-': the same demo image.
+    let encoded = DEMO_IMAGE_ID.replacen('-', "%2D", 1);
+    let r = send(request(
+        Method::GET,
+        &format!("{base}/v1/images/{encoded}"),
+        None,
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["id"], DEMO_IMAGE_ID);
+    let r = send(request(
+        Method::GET,
+        &format!("{base}/v1/images/a%20b"),
+        None,
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    let detail = r.scp_error()["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("\"a b\""), "{detail}");
+
+    assert!(emu.terminate().success());
+    let log = format!("{}\n{}", emu.seen.join("\n"), proxy.log());
+    assert!(!log.contains(&secret), "the secret reached a log:\n{log}");
+}
+
+/// A given secret is not repeated on stdout; the defaults for the rest stay as before.
+#[tokio::test]
+async fn standalone_emulator_with_a_key_prints_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "sentinel-given-SECRET\n").unwrap();
+    let mut emu = Proc::spawn(&[
+        "--log-format",
+        "json",
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--secret-key-file",
+        file.to_str().unwrap(),
+    ]);
+    let printed = emu.stdout_until("SCP_PROXY_SERVICES").join("\n");
+    assert!(!printed.contains("sentinel"), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "SCP_ACCESS_KEY={}\n",
+            emulator::DEFAULT_ACCESS_KEY
+        )),
+        "{printed}"
+    );
+    assert!(printed.contains("SCP_ACCOUNT_ID=\n"), "{printed}");
+    assert!(
+        printed.contains(&format!("# SCP_SECRET_KEY: as given ({})", file.display())),
+        "{printed}"
+    );
+    assert!(emu.terminate().success());
 }
 
 fn config_dir() -> String {

@@ -203,10 +203,12 @@ impl Images {
         Ok(json)
     }
 
-    /// `GET /v1/images?limit=N&marker=ID`: images in creation order, after `marker`.
+    /// `GET /v1/images?limit=N&marker=ID&name=NAME`: images in creation order, after `marker`,
+    /// named exactly `name` (repeated: any of them). Other keys are accepted and ignored.
     pub fn list(&self, query: Option<&str>) -> Result<serde_json::Value, ScpError> {
         let mut limit = MAX_LIMIT;
         let mut marker = None;
+        let mut names = Vec::new();
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
                 "limit" => {
@@ -222,6 +224,7 @@ impl Images {
                         })?;
                 }
                 "marker" => marker = Some(v.into_owned()),
+                "name" => names.push(v.into_owned()),
                 _ => {}
             }
         }
@@ -240,6 +243,7 @@ impl Images {
         let page: Vec<_> = images
             .iter()
             .skip(start)
+            .filter(|i| names.is_empty() || names.contains(&i.name))
             .take(limit)
             .map(|i| self.to_json(i))
             .collect();
@@ -424,6 +428,23 @@ mod tests {
             ["id-1", "id-2"]
         );
         assert!(ids(imgs.list(Some("marker=id-2")).unwrap()).is_empty());
+        assert_eq!(ids(imgs.list(Some("name=img1&sort=x")).unwrap()), ["id-1"]);
+        assert_eq!(
+            ids(imgs.list(Some("name=img0&name=img2")).unwrap()),
+            ["id-0", "id-2"]
+        );
+        let odd = "우분투 a+b/c:d";
+        imgs.create(
+            &json!({"name": odd, "os_distro": "ubuntu", "url": GOOD}),
+            "id-odd".into(),
+            "acct",
+            now,
+        )
+        .unwrap();
+        // Form decoding, as the cloud reads a query: '+' is a space, %2B a plus.
+        let q = "name=%EC%9A%B0%EB%B6%84%ED%88%AC+a%2Bb%2Fc%3Ad";
+        assert_eq!(ids(imgs.list(Some(q)).unwrap()), ["id-odd"]);
+        assert!(ids(imgs.list(Some("name=img")).unwrap()).is_empty());
         for bad in ["limit=0", "limit=x", "limit=1001", "marker=nope"] {
             assert_eq!(
                 imgs.list(Some(bad)).unwrap_err().status,

@@ -13,7 +13,8 @@
 //! Errors use SCP's shape, `{"errors":[{"code","title","detail","status","request_id"}]}`.
 //! The secret key never appears in a response, a log line or `Debug` output.
 //!
-//! Run it alone with `scp-auth-proxy emulator`, or in-process for `--profile dev` with
+//! Run it alone with `scp-auth-proxy emulator` (with no key it generates throwaway credentials:
+//! [`standalone_options`], [`Standalone::env_lines`]), or in-process for `--profile dev` with
 //! [`start_dev`].
 
 pub mod images;
@@ -21,6 +22,7 @@ pub mod response;
 pub mod verify;
 pub mod versions;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -167,10 +169,10 @@ impl EmulatorOptions {
 /// Why an emulator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EmulatorError {
-    #[error("the emulator needs the secret key it accepts: pass --secret-key-file FILE or set the {SECRET_ENV} environment variable")]
-    NoSecret,
     #[error(transparent)]
     Secret(#[from] CredentialsError),
+    #[error("cannot make throwaway credentials from /dev/urandom: {0}")]
+    Random(#[source] std::io::Error),
     #[error("the emulator's listener failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -281,25 +283,78 @@ pub async fn spawn(
     })
 }
 
+/// The standalone emulator's options, and the secret it generated when none was given.
+#[derive(Debug)]
+pub struct Standalone {
+    pub opts: EmulatorOptions,
+    /// Throwaway credentials were generated: [`Standalone::env_lines`] prints the secret.
+    pub generated: bool,
+}
+
 /// Builds the standalone emulator's options from `scp-auth-proxy emulator` flags.
 /// `--secret-key-file` wins over `secret_env` (the value of `SCP_SECRET_KEY`), as flags win
-/// over the environment everywhere else; one of them is required.
+/// over the environment everywhere else. With neither, a throwaway secret is generated, and so
+/// are the access key and account id unless given: the emulator starts with no setup at all.
 pub fn standalone_options(
     args: &crate::cli::EmulatorArgs,
     secret_env: Option<&str>,
-) -> Result<EmulatorOptions, EmulatorError> {
-    let secret = match (&args.secret_key_file, secret_env) {
-        (Some(path), _) => SecretSource::File(path.clone()),
+) -> Result<Standalone, EmulatorError> {
+    let random = |bytes| random_hex(bytes).map_err(EmulatorError::Random);
+    let (secret, generated) = match (&args.secret_key_file, secret_env) {
+        (Some(path), _) => (SecretSource::File(path.clone()), false),
         (None, Some(v)) => {
             let origin = format!("the {SECRET_ENV} environment variable");
-            SecretSource::memory(credentials::clean("secret key", &origin, v.as_bytes())?)
+            let secret = credentials::clean("secret key", &origin, v.as_bytes())?;
+            (SecretSource::memory(secret), false)
         }
-        (None, None) => return Err(EmulatorError::NoSecret),
+        (None, None) => (SecretSource::memory(random(32)?.into_bytes()), true),
     };
-    let mut opts = EmulatorOptions::new(args.access_key.clone(), secret);
-    opts.account_id = args.account_id.clone();
+    let access_key = match (&args.access_key, generated) {
+        (Some(k), _) => k.clone(),
+        (None, false) => DEFAULT_ACCESS_KEY.to_owned(),
+        (None, true) => format!("emu-{}", random(8)?),
+    };
+    let account_id = match (&args.account_id, generated) {
+        (Some(a), _) => a.clone(),
+        (None, false) => String::new(),
+        // A letter first, so that no reader of the env line takes it for a number.
+        (None, true) => format!("a{}", &random(16)?[1..]),
+    };
+    let mut opts = EmulatorOptions::new(access_key, secret);
+    opts.account_id = account_id;
     opts.import_delay = args.import_delay;
-    Ok(opts)
+    Ok(Standalone { opts, generated })
+}
+
+impl Standalone {
+    /// What `scp-auth-proxy emulator` prints on stdout once it listens at `url`: `KEY=value`
+    /// lines a shell (`set -a; . ./emulator.env`), `docker --env-file` or systemd's
+    /// `EnvironmentFile` can read. `SCP_ACCESS_KEY`/`SCP_SECRET_KEY` are the names SDKs read
+    /// (the proxy reads `SCP_SECRET_KEY` too); the `SCP_PROXY_` lines configure a proxy in front.
+    /// The secret is printed only when it was generated: a given one is not repeated.
+    pub fn env_lines(&self, url: &str) -> Zeroizing<String> {
+        let o = &self.opts;
+        let secret = Zeroizing::new(match (&o.secret, self.generated) {
+            (SecretSource::Memory(s), true) => {
+                format!("SCP_SECRET_KEY={}", String::from_utf8_lossy(s))
+            }
+            (src, _) => format!("# SCP_SECRET_KEY: as given ({})", src.describe()),
+        });
+        let secret = secret.as_str();
+        let (ak, acct) = (&o.access_key, &o.account_id);
+        Zeroizing::new(format!(
+            "# scp-auth-proxy emulator: save these lines (e.g. as emulator.env) and load them with\n\
+             # `set -a; . ./emulator.env; set +a`. A proxy in front needs only a config naming\n\
+             # [services.virtualserver] and its api_version (and routing.default_service).\n\
+             SCP_EMULATOR_URL={url}\n\
+             SCP_ACCESS_KEY={ak}\n\
+             {secret}\n\
+             SCP_ACCOUNT_ID={acct}\n\
+             SCP_PROXY_CREDENTIALS__ACCESS_KEY={ak}\n\
+             SCP_PROXY_CREDENTIALS__ACCOUNT_ID={acct}\n\
+             SCP_PROXY_SERVICES__VIRTUALSERVER__UPSTREAM={url}\n"
+        ))
+    }
 }
 
 // ---------------------------------------------------------------- dev profile
@@ -440,15 +495,16 @@ impl Ids {
     }
 }
 
-/// What the emulator serves.
+/// What the emulator serves. Ids are percent-decoded, as SCP decodes them: `/v1/images/a%20b`
+/// is the image `a b`.
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint<'a> {
     Endpoints,
     ListImages,
     CreateImage,
-    ShowImage(&'a str),
-    DeleteImage(&'a str),
-    ImportImage(&'a str),
+    ShowImage(Cow<'a, str>),
+    DeleteImage(Cow<'a, str>),
+    ImportImage(Cow<'a, str>),
 }
 
 impl Endpoint<'_> {
@@ -484,12 +540,12 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>, ScpError> {
             _ => Err(not_allowed("GET or POST")),
         },
         ["images", id] if !id.is_empty() => match *method {
-            Method::GET => Ok(Endpoint::ShowImage(id)),
-            Method::DELETE => Ok(Endpoint::DeleteImage(id)),
+            Method::GET => Ok(Endpoint::ShowImage(decode(id))),
+            Method::DELETE => Ok(Endpoint::DeleteImage(decode(id))),
             _ => Err(not_allowed("GET or DELETE")),
         },
         ["images", id, "import"] if !id.is_empty() => match *method {
-            Method::POST => Ok(Endpoint::ImportImage(id)),
+            Method::POST => Ok(Endpoint::ImportImage(decode(id))),
             _ => Err(not_allowed("POST")),
         },
         _ => Err(ScpError::not_found(
@@ -500,6 +556,12 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>, ScpError> {
             ),
         )),
     }
+}
+
+/// One path segment, percent-decoded after the path was split on `/` (so `%2F` stays inside
+/// the id). Bytes that do not decode to UTF-8 are replaced: such an id matches no image.
+fn decode(segment: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
 }
 
 /// Shared state of one emulator.
@@ -594,9 +656,9 @@ impl Emulator {
                 StatusCode::OK,
                 &self.images.list(parts.uri.query())?,
             )),
-            Endpoint::ShowImage(id) => Ok(response::json(StatusCode::OK, &self.images.show(id)?)),
+            Endpoint::ShowImage(id) => Ok(response::json(StatusCode::OK, &self.images.show(&id)?)),
             Endpoint::DeleteImage(id) => {
-                self.images.delete(id)?;
+                self.images.delete(&id)?;
                 Ok(response::empty(StatusCode::NO_CONTENT))
             }
             Endpoint::CreateImage => {
@@ -608,7 +670,7 @@ impl Emulator {
             }
             Endpoint::ImportImage(id) => {
                 let body = read_json(body).await?;
-                self.images.import(id, &body, now)?;
+                self.images.import(&id, &body, now)?;
                 Ok(response::empty(StatusCode::ACCEPTED))
             }
         }
@@ -674,17 +736,31 @@ mod tests {
             route(&Method::POST, "/v1/images"),
             Ok(Endpoint::CreateImage)
         );
+        let id = |s: &'static str| Cow::Borrowed(s);
+        // Split first, then decoded: %2F is part of the id, not a separator.
         assert_eq!(
             route(&get, "/v1/images/a%2Fb"),
-            Ok(Endpoint::ShowImage("a%2Fb"))
+            Ok(Endpoint::ShowImage(id("a/b")))
+        );
+        assert_eq!(
+            route(&get, "/v1/images/a%20b"),
+            Ok(Endpoint::ShowImage(id("a b")))
+        );
+        assert_eq!(
+            route(&get, "/v1/images/%EC%9A%B0"),
+            Ok(Endpoint::ShowImage(id("우")))
+        );
+        assert_eq!(
+            route(&get, "/v1/images/%FF"),
+            Ok(Endpoint::ShowImage(id("\u{FFFD}")))
         );
         assert_eq!(
             route(&Method::DELETE, "/v1/images/x"),
-            Ok(Endpoint::DeleteImage("x"))
+            Ok(Endpoint::DeleteImage(id("x")))
         );
         assert_eq!(
-            route(&Method::POST, "/v1/images/x/import"),
-            Ok(Endpoint::ImportImage("x"))
+            route(&Method::POST, "/v1/images/x%2D1/import"),
+            Ok(Endpoint::ImportImage(id("x-1")))
         );
         assert_eq!(
             route(&get, "/v1/images/x/import").unwrap_err().status,
