@@ -2,6 +2,8 @@
 //! a proxy started in-process on 127.0.0.1:0, and small HTTP client helpers.
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

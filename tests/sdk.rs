@@ -1,0 +1,147 @@
+//! A real SCP client nobody here wrote, through the proxy: the PyPI package `scpv2-sdk`
+//! (pinned in tests/sdk/requirements.txt), driven by tests/sdk/driver.py against the built-in
+//! emulator behind the proxy binary (`--profile dev`). The virtualenv comes from `.ci/run`
+//! (`SCP_SDK_PYTHON`) or is built under target/ (tests/common/python.rs); without PyPI this
+//! test fails, it does not skip. Run with `--nocapture` to see every call and its status.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::python;
+
+const DEMO_IMAGE_ID: &str = "3f8c2a6e-9b1d-4c7a-8e5f-2d0b6a9c4e17";
+const ODD_NAME: &str = "우분투 a+b/c:d";
+
+fn manifest(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+/// The proxy binary with `--profile dev` (every service on the in-process emulator).
+fn dev_proxy() -> common::Proc {
+    common::Proc::start(
+        &[
+            "--profile",
+            "dev",
+            "--config-dir",
+            &manifest("config"),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+}
+
+/// Runs the driver's `scenarios` against `proxy`; returns every call it made, printing its
+/// report.
+fn drive(proxy: &common::Proc, account: &str, scenarios: &[&str]) -> Vec<Value> {
+    let python = python::sdk_python();
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("calls.json");
+    let out = python::run(
+        Command::new(&python)
+            .arg(manifest("tests/sdk/driver.py"))
+            .args(["--proxy", &format!("http://{}", proxy.addr)])
+            .args(["--account", account])
+            .arg("--results")
+            .arg(&results)
+            .args(scenarios)
+            .env("PYTHONIOENCODING", "utf-8")
+            .env_remove("SCP_ACCESS_KEY")
+            .env_remove("SCP_SECRET_KEY"),
+        "tests/sdk/driver.py",
+        Duration::from_secs(120),
+    );
+    println!("{out}");
+    let text = std::fs::read_to_string(&results).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// One call's record: its status, the body, what went on the wire and the version sent.
+fn check<'a>(calls: &'a [Value], i: usize, op: &str, status: u16) -> &'a Value {
+    let c = &calls[i];
+    assert_eq!(c["call"], op, "call {i}: {c}");
+    assert_eq!(c["status"], status, "{op}: {c}");
+    c
+}
+
+#[test]
+fn python_sdk_through_the_dev_profile() {
+    let proxy = dev_proxy();
+    let calls = drive(&proxy, "dev-account", &["images", "security-group"]);
+    assert_eq!(calls.len(), 8, "{calls:#?}");
+
+    // The IAM endpoint catalog: the SDK sends `iam 1.4`, which the dev profile pins.
+    let c = check(&calls, 0, "endpoint.get_endpoint_list", 200);
+    assert_eq!(c["version"], "iam 1.4");
+    assert!(
+        c["wire"].as_str().unwrap().ends_with("/iam/v1/endpoints"),
+        "{c}"
+    );
+    let services: Vec<&str> = c["body"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["service_name"].as_str().unwrap())
+        .collect();
+    assert!(
+        services.contains(&"virtualserver") && services.contains(&"iam"),
+        "{c}"
+    );
+
+    let c = check(&calls, 1, "virtualserver_image.list_images", 200);
+    assert_eq!(c["version"], "virtualserver 1.3");
+    assert_eq!(c["body"]["images"][0]["id"], DEMO_IMAGE_ID, "{c}");
+    let c = check(&calls, 2, "virtualserver_image.show_image", 200);
+    assert_eq!(c["body"]["id"], DEMO_IMAGE_ID);
+    assert_eq!(c["body"]["status"], "queued");
+    let c = check(&calls, 3, "virtualserver_image.create_image", 201);
+    let created = c["body"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(c["body"]["name"], ODD_NAME);
+
+    // Space, '+', '/', ':', non-ASCII and a repeated key: signed by the proxy as sent, so the
+    // emulator's check passes, and it decoded the name back to exactly the one created.
+    let c = check(&calls, 4, "virtualserver_image.list_images", 200);
+    let wire = c["wire"].as_str().unwrap();
+    assert!(
+        wire.contains("name=%EC%9A%B0%EB%B6%84%ED%88%AC+a%2Bb%2Fc%3Ad")
+            && wire.contains("sort=name%3Aasc&sort=created_at%3Adesc"),
+        "{wire}"
+    );
+    let found: Vec<&str> = c["body"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, [created.as_str()], "{c}");
+
+    check(&calls, 5, "virtualserver_image.import_image", 202);
+    let c = check(&calls, 6, "virtualserver_image.import_image", 409);
+    assert_eq!(c["body"]["errors"][0]["code"], "Image.InvalidState", "{c}");
+
+    // The SDK sends `virtualserver 1.0` for this operation; one pin per service refuses it.
+    let c = check(
+        &calls,
+        7,
+        "virtualserver.attach_virtual_server_security_group",
+        400,
+    );
+    assert_eq!(c["version"], "virtualserver 1.0");
+    assert_eq!(c["body"]["code"], "api_version_mismatch", "{c}");
+
+    let log = proxy.log();
+    assert!(
+        !log.contains("app-holds-no-key"),
+        "the SDK's dummy key reached the log"
+    );
+}
