@@ -25,6 +25,8 @@ pub enum ProxyError {
     Connect,
     #[error("no service for path {path:?}: start the path with a configured service ({known}) or set routing.default_service")]
     NoRoute { path: String, known: String },
+    #[error("path {path:?} cannot be forwarded: it does not form a valid upstream URI")]
+    InvalidPath { path: String },
     #[error(
         "too many requests in flight (server.max_concurrent_requests = {limit}); retry shortly"
     )]
@@ -72,6 +74,7 @@ impl ProxyError {
             ProxyError::AbsoluteForm => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::InvalidPath { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Policy(p) => p.status(),
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -85,6 +88,7 @@ impl ProxyError {
             ProxyError::AbsoluteForm => "absolute_form_target",
             ProxyError::Connect => "connect_not_supported",
             ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::InvalidPath { .. } => "invalid_path",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::Policy(p) => p.code(),
             ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
@@ -126,6 +130,37 @@ impl ProxyError {
     }
 }
 
+/// A [`ProxyError`] with the service it happened in, when routing had chosen one: the one
+/// [`Rescue`] above routing still names the service in the log and metrics.
+#[derive(Debug)]
+pub struct Rejection {
+    pub error: ProxyError,
+    pub service: Option<&'static str>,
+}
+
+impl Rejection {
+    pub fn in_service(error: ProxyError, service: &'static str) -> Self {
+        Self {
+            error,
+            service: Some(service),
+        }
+    }
+}
+
+impl From<ProxyError> for Rejection {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            service: None,
+        }
+    }
+}
+
+/// The service a response belongs to (set by routing, or here for an error raised below it),
+/// in response extensions for the trace layer.
+#[derive(Clone, Copy, Debug)]
+pub struct ServedBy(pub &'static str);
+
 /// The code of a proxy-made response, kept in its extensions for logs and metrics.
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorCode(pub &'static str);
@@ -152,7 +187,13 @@ pub fn json_error(
     resp
 }
 
-/// Turns every [`ProxyError`] into its JSON response. The one place errors become HTTP.
+/// Turns every [`ProxyError`] (or [`Rejection`]) into its JSON response. The one place errors
+/// become HTTP.
+///
+/// Guarantees: the service keeps answering (`Error = Infallible`); every error becomes
+/// `{"code", "message"}` with its status, and carries the routed service's name
+/// ([`ServedBy`]) when there was one. The message is built from the error's
+/// Display and sources only, none of which holds the secret key.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RescueLayer;
 
@@ -170,7 +211,8 @@ pub struct Rescue<S> {
 
 impl<S, Req> Service<Req> for Rescue<S>
 where
-    S: Service<Req, Response = Response<Body>, Error = ProxyError>,
+    S: Service<Req, Response = Response<Body>>,
+    S::Error: Into<Rejection>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -198,9 +240,10 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F> Future for RescueFuture<F>
+impl<F, E> Future for RescueFuture<F>
 where
-    F: Future<Output = Result<Response<Body>, ProxyError>>,
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<Rejection>,
 {
     type Output = Result<Response<Body>, Infallible>;
 
@@ -208,12 +251,18 @@ where
         Poll::Ready(Ok(match std::task::ready!(self.project().inner.poll(cx)) {
             Ok(resp) => resp,
             Err(e) => {
+                let Rejection { error: e, service } = e.into();
+                let svc = service.unwrap_or("-");
                 if e.status().is_server_error() {
-                    tracing::warn!(code = e.code(), error = %e.message(), "request failed");
+                    tracing::warn!(code = e.code(), service = svc, error = %e.message(), "request failed");
                 } else {
-                    tracing::debug!(code = e.code(), error = %e.message(), "request rejected");
+                    tracing::debug!(code = e.code(), service = svc, error = %e.message(), "request rejected");
                 }
-                e.to_response()
+                let mut resp = e.to_response();
+                if let Some(s) = service {
+                    resp.extensions_mut().insert(ServedBy(s));
+                }
+                resp
             }
         }))
     }

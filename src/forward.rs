@@ -19,12 +19,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Response, Uri};
 use http_body_util::Either;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -33,7 +33,7 @@ use tower::Service;
 use crate::body::{Body, NoTrailers};
 use crate::config::{ServiceConfig, Upstream};
 use crate::error::{ProxyError, UpstreamError};
-use crate::route::{Routed, Target};
+use crate::route::Routed;
 
 pub type HttpClient = Client<HttpsConnector<UpstreamConnector>, NoTrailers<Body>>;
 
@@ -498,73 +498,88 @@ pub fn client_for(svc: &ServiceConfig, egress: &Egress) -> Result<HttpClient, Tl
         .build(https))
 }
 
-/// The innermost service: sends the (signed) request to its routed upstream.
-#[derive(Clone)]
-pub struct Forward {
-    clients: Arc<[HttpClient]>,
+/// The innermost service: sends the (signed) request to its routed upstream, with the
+/// target's own pooled client.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Forward;
+
+/// What forwarding needs of a routed target (implemented by [`crate::target::Target`]; a
+/// trait so this module does not depend on the module that builds targets from it).
+pub trait Endpoint {
+    /// The target's pooled client.
+    fn client(&self) -> &HttpClient;
+    /// Its name, upstream and timeout.
+    fn service(&self) -> &ServiceConfig;
 }
 
-impl Forward {
-    /// One client per target, in routing-table order, each routed as `egress` says.
-    pub fn new(targets: &[Arc<Target>], egress: &Egress) -> Result<Self, TlsSetupError> {
-        let clients = targets
-            .iter()
-            .map(|t| client_for(&t.config, egress))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            clients: clients.into(),
-        })
-    }
-}
-
-impl Service<Request<Body>> for Forward {
+impl<T: Endpoint> Service<Routed<T, Body>> for Forward {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = ForwardFuture<T>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some(Routed { target }) = req.extensions().get::<Routed>().cloned() else {
-            // Route always runs first; without it there is nowhere safe to send the request.
-            return Box::pin(async { Err(ProxyError::AbsoluteForm) });
-        };
+    fn call(&mut self, routed: Routed<T, Body>) -> Self::Future {
+        let target = routed.target().clone();
         // Started here, so the pooled client is borrowed, not cloned, per request.
         let started = Instant::now();
-        let response = self.clients[target.index].request(req.map(NoTrailers::new));
-        Box::pin(async move {
-            let timeout = target.config.timeout;
-            let result = tokio::time::timeout(timeout, response).await;
-            let upstream = || target.config.upstream.base.clone();
-            let service = || target.config.name.clone();
-            match result {
-                Ok(Ok(resp)) => {
-                    let mut resp = resp.map(Either::Left);
-                    resp.extensions_mut()
-                        .insert(UpstreamLatency(started.elapsed()));
-                    Ok(resp)
-                }
-                Ok(Err(source)) if source.is_connect() => Err(UpstreamError::Unreachable {
-                    service: service(),
-                    upstream: upstream(),
-                    source,
-                }
-                .into()),
-                Ok(Err(source)) => Err(UpstreamError::Failed {
-                    service: service(),
-                    upstream: upstream(),
-                    source,
-                }
-                .into()),
-                Err(_) => Err(UpstreamError::Timeout {
-                    service: service(),
-                    upstream: upstream(),
-                    timeout,
-                }
-                .into()),
+        let response = target
+            .client()
+            .request(routed.into_request().map(NoTrailers::new));
+        ForwardFuture {
+            response: tokio::time::timeout(target.service().timeout, response),
+            target,
+            started,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream's response headers within the service's timeout; no box.
+    pub struct ForwardFuture<T> {
+        #[pin]
+        response: tokio::time::Timeout<ResponseFuture>,
+        target: Arc<T>,
+        started: Instant,
+    }
+}
+
+impl<T: Endpoint> Future for ForwardFuture<T> {
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.response.poll(cx));
+        let svc = this.target.service();
+        let upstream = || svc.upstream.base.clone();
+        let service = || svc.name.clone();
+        Poll::Ready(match result {
+            Ok(Ok(resp)) => {
+                let mut resp = resp.map(Either::Left);
+                resp.extensions_mut()
+                    .insert(UpstreamLatency(this.started.elapsed()));
+                Ok(resp)
             }
+            Ok(Err(source)) if source.is_connect() => Err(UpstreamError::Unreachable {
+                service: service(),
+                upstream: upstream(),
+                source,
+            }
+            .into()),
+            Ok(Err(source)) => Err(UpstreamError::Failed {
+                service: service(),
+                upstream: upstream(),
+                source,
+            }
+            .into()),
+            Err(_) => Err(UpstreamError::Timeout {
+                service: service(),
+                upstream: upstream(),
+                timeout: svc.timeout,
+            }
+            .into()),
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod signer;
+pub mod target;
 pub mod wait;
 
 use std::net::SocketAddr;
@@ -45,9 +46,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Tls(#[from] forward::TlsSetupError),
-    #[error("invalid service configuration: {0}")]
-    Routes(String),
+    Services(#[from] target::TargetError),
 }
 
 /// A running proxy: both listeners bound and serving.
@@ -102,7 +101,6 @@ pub async fn start_with_egress(
     let metrics = Metrics::new();
     metrics.set_key_loaded(credentials.loaded_at);
     let store = CredentialStore::new(credentials);
-    let routes = route::Routes::new(&config).map_err(StartError::Routes)?;
     // A pin past its date starts anyway (a fleet must not crash-loop when a date passes), but
     // says so now and every hour, and the days-left metric goes negative.
     policy::lifecycle::report(
@@ -111,23 +109,8 @@ pub async fn start_with_egress(
         &metrics,
         false,
     );
-    let allowlist =
-        layers::allowlist::OperationAllowlistLayer::new(&config.services, metrics.clone())
-            .map_err(StartError::Routes)?;
-    let image_import = layers::image_import::ImageImportLayer::new(
-        store.clone(),
-        config.server.max_inspected_body_bytes,
-    );
-    let monitor_egress = egress.clone();
-    let service = app::proxy_service(app::ProxyParts {
-        routes,
-        credentials: store.clone(),
-        metrics: metrics.clone(),
-        max_concurrent_requests: config.server.max_concurrent_requests,
-        egress,
-        allowlist,
-        image_import,
-    })?;
+    let parts = app::ProxyParts::new(&config, store.clone(), metrics.clone(), &egress)?;
+    let service = app::proxy_service(&parts);
     let listener = bind(config.server.listen, "server.listen").await?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -173,7 +156,7 @@ pub async fn start_with_egress(
     let monitor = policy::lifecycle::spawn_monitor(
         config.services.clone(),
         metrics.clone(),
-        monitor_egress,
+        egress,
         config.server.check_live_versions,
     );
     let task = tokio::spawn(async move {

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Service names are interned at start (see `route::Target::label`), so counting a request
+    /// Service names are interned at start (see `target::Target::label`), so counting a request
     /// allocates nothing.
     pub service: &'static str,
     pub method: &'static str,

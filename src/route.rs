@@ -4,6 +4,14 @@
 //! service as `/{tail...}`; any other path goes to `routing.default_service` unchanged. The raw
 //! query is kept byte for byte. Targets in absolute form and CONNECT are refused here, so the
 //! client never chooses where a signed request goes.
+//!
+//! Guarantees: every layer below routing takes a [`Routed`] request, which only [`Route`]
+//! makes; a request that was not routed cannot reach a per-service policy (a type error, not
+//! a silent pass). The routed target is the one the URI was rewritten to. A response, and an
+//! error raised below routing, carries the service's name ([`ServedBy`], [`Rejection`]).
+//!
+//! The module is generic over the target type ([`Destination`]), so it stays a pure core: it
+//! knows names and upstreams, not what the layers below keep per service.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,50 +19,25 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use tower::{Layer, Service};
 
-use crate::config::{Config, ServiceConfig};
-use crate::error::ProxyError;
+use crate::config::Upstream;
+use crate::error::{ProxyError, Rejection, ServedBy};
 
-/// One upstream service as the request path needs it, built once at start.
-#[derive(Debug)]
-pub struct Target {
-    /// Position in the routing table (and in the forwarder's client list).
-    pub index: usize,
-    /// The service name with a `'static` lifetime, for metric labels. Interned once per
-    /// service at start (a few bytes, never freed).
-    pub label: &'static str,
-    pub config: ServiceConfig,
-    /// `Host` header value: the upstream authority exactly as configured.
-    pub host: HeaderValue,
-    /// `Scp-Api-Version` value: `<service> <api_version>`.
-    pub version_header: HeaderValue,
-}
-
-impl Target {
-    pub fn new(index: usize, config: ServiceConfig) -> Result<Self, String> {
-        let host =
-            HeaderValue::from_str(config.upstream.authority.as_str()).map_err(|e| e.to_string())?;
-        let version_header =
-            HeaderValue::from_str(&format!("{} {}", config.name, config.api_version))
-                .map_err(|e| e.to_string())?;
-        Ok(Self {
-            index,
-            label: intern(&config.name),
-            config,
-            host,
-            version_header,
-        })
-    }
-    pub fn name(&self) -> &str {
-        &self.config.name
-    }
+/// What routing needs to know about a target.
+pub trait Destination {
+    /// The configured service name (the path prefix).
+    fn name(&self) -> &str;
+    /// The same name, `'static`, for metric labels.
+    fn label(&self) -> &'static str;
+    /// Where the request's URI is rewritten to.
+    fn upstream(&self) -> &Upstream;
 }
 
 /// Returns a `'static` copy of `name`, reusing an earlier one so repeated starts (tests, config
 /// reloads) do not grow memory.
-fn intern(name: &str) -> &'static str {
+pub fn intern(name: &str) -> &'static str {
     use std::sync::{Mutex, OnceLock};
     static NAMES: OnceLock<Mutex<Vec<&'static str>>> = OnceLock::new();
     let mut names = NAMES
@@ -69,14 +52,23 @@ fn intern(name: &str) -> &'static str {
     leaked
 }
 
-/// The routing table.
-#[derive(Clone, Debug)]
-pub struct Routes {
-    targets: Arc<[Arc<Target>]>,
+/// The routing table: the targets, built once at start, and the default one.
+#[derive(Debug)]
+pub struct Routes<T> {
+    targets: Arc<[Arc<T>]>,
     default: Option<usize>,
 }
 
-/// Where a path goes: the service index, and the path to send (None: unchanged).
+impl<T> Clone for Routes<T> {
+    fn clone(&self) -> Self {
+        Self {
+            targets: self.targets.clone(),
+            default: self.default,
+        }
+    }
+}
+
+/// Where a path goes: the target's position, and the path to send (None: unchanged).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Split<'a> {
     pub target: usize,
@@ -86,27 +78,31 @@ pub struct Split<'a> {
     pub path: &'a str,
 }
 
-impl Routes {
-    pub fn new(config: &Config) -> Result<Self, String> {
-        let targets: Vec<Arc<Target>> = config
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Target::new(i, s.clone()).map(Arc::new))
-            .collect::<Result<_, _>>()?;
-        let default = config
-            .routing
-            .default_service
-            .as_ref()
-            .and_then(|d| targets.iter().position(|t| t.name() == d));
+impl<T: Destination> Routes<T> {
+    /// `default`: `routing.default_service`; it must name one of `targets`.
+    pub fn new(targets: Vec<Arc<T>>, default: Option<&str>) -> Result<Self, String> {
+        let default = match default {
+            None => None,
+            Some(d) => Some(
+                targets
+                    .iter()
+                    .position(|t| t.name() == d)
+                    .ok_or_else(|| format!("routing.default_service {d:?} is not a service"))?,
+            ),
+        };
         Ok(Self {
             targets: targets.into(),
             default,
         })
     }
 
-    pub fn targets(&self) -> &[Arc<Target>] {
+    pub fn targets(&self) -> &[Arc<T>] {
         &self.targets
+    }
+
+    /// The target named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<T>> {
+        self.targets.iter().find(|t| t.name() == name)
     }
 
     /// Pure decision over the raw path and query.
@@ -145,77 +141,9 @@ impl Routes {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
 
-/// The service a request was routed to, in its extensions for the layers below.
-#[derive(Clone, Debug)]
-pub struct Routed {
-    pub target: Arc<Target>,
-}
-
-/// Routes each request and rewrites its URI to the upstream's absolute URI.
-#[derive(Clone, Debug)]
-pub struct RouteLayer {
-    routes: Routes,
-}
-
-impl RouteLayer {
-    pub fn new(routes: Routes) -> Self {
-        Self { routes }
-    }
-}
-
-impl<S> Layer<S> for RouteLayer {
-    type Service = Route<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Route {
-            routes: self.routes.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Route<S> {
-    routes: Routes,
-    inner: S,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B, RB> Service<Request<B>> for Route<S>
-where
-    S: Service<Request<B>, Response = Response<RB>>,
-    S::Error: Into<ProxyError>,
-    S::Future: Send + 'static,
-    RB: Send + 'static,
-{
-    type Response = Response<RB>;
-    type Error = ProxyError;
-    type Future = BoxFuture<Result<Response<RB>, ProxyError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match self.route(&mut req) {
-            Ok(routed) => {
-                let fut = self.inner.call(req);
-                Box::pin(async move {
-                    let mut resp = fut.await.map_err(Into::into)?;
-                    // The trace layer above names the service from this.
-                    resp.extensions_mut().insert(routed);
-                    Ok(resp)
-                })
-            }
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
-    }
-}
-
-impl<S> Route<S> {
-    fn route<B>(&self, req: &mut Request<B>) -> Result<Routed, ProxyError> {
+    /// Chooses the target and rewrites the URI to the upstream's absolute URI.
+    pub fn route<B>(&self, mut req: Request<B>) -> Result<Routed<T, B>, ProxyError> {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::Connect);
         }
@@ -226,75 +154,247 @@ impl<S> Route<S> {
             return Err(ProxyError::AbsoluteForm);
         }
         let uri = req.uri();
-        let split =
-            self.routes
-                .split(uri.path(), uri.query())
-                .ok_or_else(|| ProxyError::NoRoute {
-                    path: uri.path().to_owned(),
-                    known: self.routes.known(),
-                })?;
-        let target = self.routes.targets[split.target].clone();
+        let split = self
+            .split(uri.path(), uri.query())
+            .ok_or_else(|| ProxyError::NoRoute {
+                path: uri.path().to_owned(),
+                known: self.known(),
+            })?;
+        let bad_path = || ProxyError::InvalidPath {
+            path: uri.path().to_owned(),
+        };
+        let target = self.targets[split.target].clone();
         let pq = match split.rewritten {
-            Some(s) => PathAndQuery::try_from(s).map_err(|_| ProxyError::AbsoluteForm)?,
+            Some(s) => PathAndQuery::try_from(s).map_err(|_| bad_path())?,
             None => match uri.path_and_query() {
                 Some(pq) => pq.clone(),
                 None => PathAndQuery::from_static("/"),
             },
         };
-        let up = &target.config.upstream;
+        let up = target.upstream();
         let new_uri = Uri::builder()
             .scheme(up.scheme.clone())
             .authority(up.authority.clone())
             .path_and_query(pq)
             .build()
-            .map_err(|_| ProxyError::AbsoluteForm)?;
+            .map_err(|_| bad_path())?;
         *req.uri_mut() = new_uri;
         // The upstream connection's protocol is chosen by ALPN, not by the client: an h2c or
         // HTTP/1.0 client's version must not reach the pooled HTTP/1.1 or HTTP/2 connection.
         *req.version_mut() = Version::HTTP_11;
-        let routed = Routed { target };
-        req.extensions_mut().insert(routed.clone());
-        Ok(routed)
+        Ok(Routed {
+            target,
+            request: req,
+        })
     }
 }
 
+/// A request that routing has sent to `target`: the only input the layers below accept.
+#[derive(Debug)]
+pub struct Routed<T, B> {
+    target: Arc<T>,
+    request: Request<B>,
+}
+
+impl<T, B> Routed<T, B> {
+    pub fn target(&self) -> &Arc<T> {
+        &self.target
+    }
+    pub fn request(&self) -> &Request<B> {
+        &self.request
+    }
+    pub fn request_mut(&mut self) -> &mut Request<B> {
+        &mut self.request
+    }
+    /// The target and the request, mutable together.
+    pub fn parts_mut(&mut self) -> (&Arc<T>, &mut Request<B>) {
+        (&self.target, &mut self.request)
+    }
+    /// Changes the request (its body, say) while it stays routed to the same target.
+    pub fn map_request<B2>(self, f: impl FnOnce(Request<B>) -> Request<B2>) -> Routed<T, B2> {
+        Routed {
+            target: self.target,
+            request: f(self.request),
+        }
+    }
+    /// The request to send upstream.
+    pub fn into_request(self) -> Request<B> {
+        self.request
+    }
+    /// For layer tests: a request as routing would leave it (the URI must already be the
+    /// upstream's).
+    #[cfg(test)]
+    pub fn for_test(target: Arc<T>, request: Request<B>) -> Self {
+        Self { target, request }
+    }
+}
+
+/// Routes each request and rewrites its URI to the upstream's absolute URI.
+#[derive(Debug)]
+pub struct RouteLayer<T> {
+    routes: Routes<T>,
+}
+
+impl<T> Clone for RouteLayer<T> {
+    fn clone(&self) -> Self {
+        Self {
+            routes: self.routes.clone(),
+        }
+    }
+}
+
+impl<T> RouteLayer<T> {
+    pub fn new(routes: Routes<T>) -> Self {
+        Self { routes }
+    }
+}
+
+impl<S, T> Layer<S> for RouteLayer<T> {
+    type Service = Route<S, T>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Route {
+            routes: self.routes.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Route<S, T> {
+    routes: Routes<T>,
+    inner: S,
+}
+
+impl<S: Clone, T> Clone for Route<S, T> {
+    fn clone(&self) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S, T, B, RB> Service<Request<B>> for Route<S, T>
+where
+    T: Destination,
+    S: Service<Routed<T, B>, Response = Response<RB>>,
+    S::Error: Into<ProxyError>,
+{
+    type Response = Response<RB>;
+    type Error = Rejection;
+    type Future = RouteFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Rejection::from(e.into()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self.routes.route(req) {
+            Ok(routed) => {
+                let service = routed.target.label();
+                RouteFuture::Routed {
+                    inner: self.inner.call(routed),
+                    service,
+                }
+            }
+            Err(e) => RouteFuture::Refused { error: Some(e) },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's answer, marked with the service; or routing's refusal.
+    #[project = RouteProj]
+    pub enum RouteFuture<F> {
+        Routed { #[pin] inner: F, service: &'static str },
+        Refused { error: Option<ProxyError> },
+    }
+}
+
+impl<F, RB, E> Future for RouteFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<ProxyError>,
+{
+    type Output = Result<Response<RB>, Rejection>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RouteProj::Routed { inner, service } => {
+                Poll::Ready(match std::task::ready!(inner.poll(cx)) {
+                    Ok(mut resp) => {
+                        resp.extensions_mut().insert(ServedBy(service));
+                        Ok(resp)
+                    }
+                    Err(e) => Err(Rejection::in_service(e.into(), service)),
+                })
+            }
+            RouteProj::Refused { error } => match error.take() {
+                Some(e) => Poll::Ready(Err(e.into())),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RoutingConfig, Upstream};
 
-    fn svc(name: &str) -> ServiceConfig {
-        ServiceConfig {
-            name: name.into(),
-            upstream: Upstream::parse("https://h.example").unwrap(),
-            api_version: "1.0".into(),
-            region: None,
-            timeout: std::time::Duration::from_secs(1),
-            ca_file: None,
-            allow: None,
-            allow_unsupported_version: false,
+    #[derive(Debug)]
+    struct Svc(String, Upstream);
+
+    impl Destination for Svc {
+        fn name(&self) -> &str {
+            &self.0
+        }
+        fn label(&self) -> &'static str {
+            intern(&self.0)
+        }
+        fn upstream(&self) -> &Upstream {
+            &self.1
         }
     }
 
-    fn routes(default: Option<&str>) -> Routes {
-        let cfg = Config {
-            server: Default::default(),
-            credentials: crate::config::CredentialsConfig {
-                watch_interval: std::time::Duration::ZERO,
-                access_key: None,
-                access_key_file: None,
-                secret_key_file: None,
-                account_id: String::new(),
-                client_type: "Openapi".into(),
-            },
-            routing: RoutingConfig {
-                default_service: default.map(Into::into),
-            },
-            services: vec![svc("virtualserver"), svc("iam")],
-            emulator: Default::default(),
-            sources: vec![],
-        };
-        Routes::new(&cfg).unwrap()
+    fn svc(name: &str) -> Arc<Svc> {
+        Arc::new(Svc(
+            name.into(),
+            Upstream::parse(&format!("https://{name}.example")).unwrap(),
+        ))
+    }
+
+    fn routes(default: Option<&str>) -> Routes<Svc> {
+        Routes::new(vec![svc("virtualserver"), svc("iam")], default).unwrap()
+    }
+
+    #[test]
+    fn default_must_be_a_service() {
+        let e = Routes::new(vec![svc("iam")], Some("nope")).unwrap_err();
+        assert!(e.contains("routing.default_service \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn route_rewrites_to_the_upstream_and_refuses_what_it_cannot_route() {
+        let r = routes(None);
+        let req = Request::get("/iam/v1/x?a=%20").body(()).unwrap();
+        let routed = r.route(req).unwrap();
+        assert_eq!(routed.target().name(), "iam");
+        assert_eq!(routed.request().uri(), "https://iam.example/v1/x?a=%20");
+        assert_eq!(routed.request().version(), Version::HTTP_11);
+        for (req, code) in [
+            (
+                Request::connect("iam.example:443").body(()).unwrap(),
+                "connect_not_supported",
+            ),
+            (
+                Request::get("http://evil.example/iam/x").body(()).unwrap(),
+                "absolute_form_target",
+            ),
+            (Request::get("/v1/x").body(()).unwrap(), "no_route"),
+        ] {
+            assert_eq!(r.route(req).unwrap_err().code(), code);
+        }
     }
 
     #[test]

@@ -8,137 +8,72 @@
 //! `scp_auth_proxy_allowlist_decisions_total{service, rule}` (`rule="none"`: refused). Services
 //! without `allow` pass everything through uncounted.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::Request;
-use prometheus_client::metrics::counter::Counter;
 use tower::{Layer, Service};
 
-use super::{reject, Reject};
-use crate::config::ServiceConfig;
+use super::{pass, reject, Reject};
 use crate::error::ProxyError;
-use crate::metrics::{Metrics, RuleLabel};
-use crate::policy::allowlist::{Allowlist, Decision};
+use crate::policy::allowlist::Decision;
 use crate::policy::PolicyError;
-use crate::route::Routed;
+use crate::target::RoutedRequest;
 
-/// A service's rules with their decision counters, created at start so counting a request
-/// allocates nothing.
-#[derive(Debug)]
-struct Counted {
-    list: Allowlist,
-    /// One per rule, in rule order.
-    allowed: Vec<Counter>,
-    refused: Counter,
-}
-
-/// Per service, in configuration order (the routing table's order, so a request's
-/// `Target::index` finds its entry without hashing); `None` where a service has no allowlist.
-type Lists = Arc<[(String, Option<Counted>)]>;
-
-#[derive(Clone, Debug)]
-pub struct OperationAllowlistLayer {
-    lists: Lists,
-}
-
-impl OperationAllowlistLayer {
-    /// Parses every service's `allow`; the error names the service and the rule.
-    pub fn new(services: &[ServiceConfig], metrics: Metrics) -> Result<Self, String> {
-        let mut lists = Vec::with_capacity(services.len());
-        for s in services {
-            let mut counted = None;
-            if let Some(rules) = &s.allow {
-                let list = Allowlist::parse(rules)
-                    .map_err(|m| format!("services.{}.allow: {m}", s.name))?;
-                let counter = |rule: &str| {
-                    metrics
-                        .allowlist
-                        .get_or_create(&RuleLabel {
-                            service: s.name.clone(),
-                            rule: rule.to_owned(),
-                        })
-                        .clone()
-                };
-                let allowed = list.rules.iter().map(|r| counter(&r.text)).collect();
-                let refused = counter("none");
-                counted = Some(Counted {
-                    list,
-                    allowed,
-                    refused,
-                });
-            }
-            lists.push((s.name.clone(), counted));
-        }
-        Ok(Self {
-            lists: lists.into(),
-        })
-    }
-}
+/// The routed target's allowlist ([`crate::target::Target::allowlist`]), built and counted
+/// per service at start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OperationAllowlistLayer;
 
 impl<S> Layer<S> for OperationAllowlistLayer {
     type Service = OperationAllowlist<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        OperationAllowlist {
-            lists: self.lists.clone(),
-            inner,
-        }
+        OperationAllowlist { inner }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct OperationAllowlist<S> {
-    lists: Lists,
     inner: S,
 }
 
-impl<S> OperationAllowlist<S> {
-    fn decide<B>(&self, req: &Request<B>) -> Result<(), PolicyError> {
-        let Some(routed) = req.extensions().get::<Routed>() else {
-            return Ok(());
-        };
-        let service = routed.target.name();
-        let entry = match self.lists.get(routed.target.index) {
-            Some(e) if e.0 == service => Some(e),
-            _ => self.lists.iter().find(|e| e.0 == service),
-        };
-        let Some((_, Some(counted))) = entry else {
-            return Ok(());
-        };
-        let list = &counted.list;
-        let (method, path) = (req.method().as_str(), req.uri().path());
-        match list.decide(method, path) {
-            Decision::Allowed(i) => {
-                if let Some(c) = counted.allowed.get(i) {
-                    c.inc();
-                }
-                Ok(())
+fn decide<B>(routed: &RoutedRequest<B>) -> Result<(), PolicyError> {
+    let target = routed.target();
+    let Some(counted) = &target.allowlist else {
+        return Ok(());
+    };
+    let req = routed.request();
+    let list = &counted.list;
+    let service = target.name();
+    let (method, path) = (req.method().as_str(), req.uri().path());
+    match list.decide(method, path) {
+        Decision::Allowed(i) => {
+            if let Some(c) = counted.allowed.get(i) {
+                c.inc();
             }
-            Decision::NotCanonical(reason) => {
-                counted.refused.inc();
-                Err(PolicyError::PathNotCanonical {
-                    service: service.to_owned(),
-                    path: path.to_owned(),
-                    reason,
-                })
-            }
-            Decision::Refused => {
-                counted.refused.inc();
-                Err(PolicyError::OperationNotAllowed {
-                    service: service.to_owned(),
-                    method: method.to_owned(),
-                    path: path.to_owned(),
-                    rules: list.describe(),
-                })
-            }
+            Ok(())
+        }
+        Decision::NotCanonical(reason) => {
+            counted.refused.inc();
+            Err(PolicyError::PathNotCanonical {
+                service: service.to_owned(),
+                path: path.to_owned(),
+                reason,
+            })
+        }
+        Decision::Refused => {
+            counted.refused.inc();
+            Err(PolicyError::OperationNotAllowed {
+                service: service.to_owned(),
+                method: method.to_owned(),
+                path: path.to_owned(),
+                rules: list.describe(),
+            })
         }
     }
 }
 
-impl<S, B> Service<Request<B>> for OperationAllowlist<S>
+impl<S, B> Service<RoutedRequest<B>> for OperationAllowlist<S>
 where
-    S: Service<Request<B>, Error = ProxyError>,
-    S::Response: Send + 'static,
+    S: Service<RoutedRequest<B>, Error = ProxyError>,
 {
     type Response = S::Response;
     type Error = ProxyError;
@@ -148,9 +83,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.decide(&req) {
-            Ok(()) => futures_util::future::Either::Left(self.inner.call(req)),
+    fn call(&mut self, req: RoutedRequest<B>) -> Self::Future {
+        match decide(&req) {
+            Ok(()) => pass(self.inner.call(req)),
             Err(e) => reject(ProxyError::Policy(e)),
         }
     }
@@ -159,21 +94,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::test_support::{call_counted, routed_request, service};
+    use crate::forward::Egress;
+    use crate::layers::test_support::{call_counted, routed, service, target_for};
+    use crate::metrics::Metrics;
+    use crate::target::{Target, TargetError};
     use std::sync::atomic::Ordering;
+    use std::sync::Arc;
 
-    fn layer(metrics: &Metrics) -> OperationAllowlistLayer {
+    const LAYER: OperationAllowlistLayer = OperationAllowlistLayer;
+
+    /// virtualserver with an allowlist, iam without.
+    fn targets(metrics: &Metrics) -> [Arc<Target>; 2] {
         let mut vs = service("virtualserver");
         vs.allow = Some(vec![
             "GET /v1/images/**".into(),
             "POST /v1/images/*/import".into(),
         ]);
-        OperationAllowlistLayer::new(&[vs, service("iam")], metrics.clone()).unwrap()
+        [target_for(vs, metrics), target_for(service("iam"), metrics)]
     }
 
     #[tokio::test]
     async fn refuses_outside_the_list_without_calling_inner() {
         let metrics = Metrics::new();
+        let [vs, iam] = targets(&metrics);
         for (svc, method, path, want) in [
             ("virtualserver", "GET", "/v1/images/abc", None),
             ("virtualserver", "POST", "/v1/images/abc/import", None),
@@ -210,8 +153,9 @@ mod tests {
             // no allowlist: everything passes, dot segments included
             ("iam", "DELETE", "/v1/anything/../x", None),
         ] {
-            let req = routed_request(svc, method, path, crate::body::empty());
-            let (res, called) = call_counted(layer(&metrics), req).await;
+            let target = if svc == "iam" { &iam } else { &vs };
+            let req = routed(target, method, path, crate::body::empty());
+            let (res, called) = call_counted(LAYER, req).await;
             match want {
                 None => {
                     assert!(res.is_ok(), "{method} {path}");
@@ -236,13 +180,9 @@ mod tests {
 
     #[tokio::test]
     async fn message_names_service_and_rules() {
-        let req = routed_request(
-            "virtualserver",
-            "DELETE",
-            "/v1/images/abc",
-            crate::body::empty(),
-        );
-        let (res, _) = call_counted(layer(&Metrics::new()), req).await;
+        let [vs, _] = targets(&Metrics::new());
+        let req = routed(&vs, "DELETE", "/v1/images/abc", crate::body::empty());
+        let (res, _) = call_counted(LAYER, req).await;
         let e = res.unwrap_err();
         assert_eq!(e.status(), http::StatusCode::FORBIDDEN);
         let m = e.message();
@@ -257,7 +197,9 @@ mod tests {
     fn bad_rules_name_the_service() {
         let mut vs = service("virtualserver");
         vs.allow = Some(vec!["GET v1".into()]);
-        let e = OperationAllowlistLayer::new(&[vs], Metrics::new()).unwrap_err();
-        assert!(e.contains("services.virtualserver.allow"), "{e}");
+        let e = Target::new(vs, &Metrics::new(), &Egress::direct()).unwrap_err();
+        assert!(matches!(e, TargetError::Invalid { .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("services.virtualserver.allow: "), "{e}");
     }
 }

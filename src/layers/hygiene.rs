@@ -5,14 +5,16 @@
 //! headers (`Connection` and every name it lists, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
 //! `Upgrade`, `Transfer-Encoding`) are removed; `Host` is the upstream's authority;
 //! `Accept-Language` defaults to `en-US`. Responses lose their hop-by-hop headers on the way back.
+//! It runs on routed requests (it needs the target's `Host`), above every policy layer, so the
+//! policies judge the headers that will be sent.
 
 use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderName};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Response};
 use tower::{Layer, Service};
 
-use crate::route::Routed;
+use crate::target::RoutedRequest;
 
 static ACCEPT_LANGUAGE_DEFAULT: HeaderValue = HeaderValue::from_static("en-US");
 
@@ -31,9 +33,9 @@ pub struct HeaderHygiene<S> {
     inner: S,
 }
 
-impl<S, B, RB> Service<Request<B>> for HeaderHygiene<S>
+impl<S, B, RB> Service<RoutedRequest<B>> for HeaderHygiene<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<RoutedRequest<B>, Response = Response<RB>>,
 {
     type Response = Response<RB>;
     type Error = S::Error;
@@ -43,22 +45,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut routed: RoutedRequest<B>) -> Self::Future {
+        let (target, req) = routed.parts_mut();
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         strip_client_credentials(headers);
         if !headers.contains_key(header::ACCEPT_LANGUAGE) {
             headers.insert(header::ACCEPT_LANGUAGE, ACCEPT_LANGUAGE_DEFAULT.clone());
         }
-        if let Some(host) = req
-            .extensions()
-            .get::<Routed>()
-            .map(|r| r.target.host.clone())
-        {
-            req.headers_mut().insert(header::HOST, host);
-        }
+        headers.insert(header::HOST, target.host.clone());
         HygieneFuture {
-            inner: self.inner.call(req),
+            inner: self.inner.call(routed),
         }
     }
 }

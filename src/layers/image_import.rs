@@ -1,9 +1,7 @@
 //! Image import validation: the body of an image import (or image creation) is read, checked
 //! and forwarded byte-identical, or refused.
 //!
-//! Applies to services that are SCP's virtualserver: named `virtualserver` (the name the
-//! `Scp-Api-Version` header must carry for virtualserver anyway), or whose upstream host's
-//! first label is `virtualserver`. On those, for `POST /v1/images/{image_id}/import` and
+//! Applies to services that are SCP's virtualserver ([`crate::target::is_image_service`]). On those, for `POST /v1/images/{image_id}/import` and
 //! `POST /v1/images` (recognised generously, see [`crate::policy::image_import`]):
 //! - a `Content-Length` above `server.max_inspected_body_bytes`, or a body that grows past it:
 //!   413 `body_too_large`, without reading further;
@@ -12,37 +10,30 @@
 //! - a body that breaks a rule: 400 with that rule's code;
 //! - otherwise the exact bytes received go on, with a matching `Content-Length`.
 //!
-//! On every refusal the inner service is never called, so nothing goes upstream.
+//! On every refusal the inner service is never called, so nothing goes upstream. Whether a
+//! service is inspected is decided once at start ([`crate::target::Target::image_import`]);
+//! the layer takes only routed requests, so it cannot run before routing and skip the check.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::{header, HeaderMap, HeaderValue, Request};
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use tower::{Layer, Service};
 
-use crate::body::Body;
-use crate::config::ServiceConfig;
-use crate::credentials::CredentialStore;
+use super::ReqBody;
+use crate::credentials::{CredentialStore, Credentials};
 use crate::error::ProxyError;
 use crate::policy::image_import::{self, Operation};
 use crate::policy::image_url::Expect;
 use crate::policy::PolicyError;
-use crate::route::Routed;
+use crate::target::RoutedRequest;
 
-/// Whether a service is SCP's virtualserver, whose image routes are inspected.
-pub fn is_image_service(svc: &ServiceConfig) -> bool {
-    svc.name == "virtualserver"
-        || svc
-            .upstream
-            .authority
-            .host()
-            .split('.')
-            .next()
-            .is_some_and(|l| l.eq_ignore_ascii_case("virtualserver"))
-}
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Clone, Debug)]
 pub struct ImageImportLayer {
@@ -80,66 +71,177 @@ pub struct ImageImport<S> {
     inner: S,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S> Service<Request<Body>> for ImageImport<S>
+impl<S, B> Service<RoutedRequest<ReqBody<B>>> for ImageImport<S>
 where
-    S: Service<Request<Body>, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
+    S: Service<RoutedRequest<ReqBody<B>>, Error = ProxyError> + Clone,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<S::Response, ProxyError>>;
+    type Future = ImageImportFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let inspect = req.extensions().get::<Routed>().and_then(|r| {
-            is_image_service(&r.target.config)
-                .then(|| image_import::operation(req.method().as_str(), req.uri().path()))
-                .flatten()
-                .map(|op| (op, r.target.clone()))
+    fn call(&mut self, routed: RoutedRequest<ReqBody<B>>) -> Self::Future {
+        let req = routed.request();
+        let op = routed
+            .target()
+            .image_import
+            .as_ref()
+            .and_then(|_| image_import::operation(req.method().as_str(), req.uri().path()));
+        let Some(op) = op else {
+            return ImageImportFuture::Pass {
+                inner: self.inner.call(routed),
+            };
+        };
+        if let Err(e) = check_head(req.headers(), self.max_body, op) {
+            return ImageImportFuture::Refused {
+                error: Some(e.into()),
+            };
+        }
+        let timeout = routed.target().config.timeout;
+        let mut body = None;
+        let head = routed.map_request(|r| {
+            let (parts, b) = r.into_parts();
+            body = Some(b);
+            Request::from_parts(parts, ())
         });
-        let Some((op, target)) = inspect else {
-            return Box::pin(self.inner.call(req));
+        let Some(body) = body else {
+            unreachable!("map_request runs its closure")
         };
         // The ready inner service goes into the future; a fresh clone stays for the next call.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let credentials = self.credentials.snapshot();
-        let max_body = self.max_body;
-        Box::pin(async move {
-            let svc = &target.config;
-            let (mut parts, body) = req.into_parts();
-            let bytes = read_bounded(&parts.headers, body, max_body, op, svc).await?;
-            let env = svc.env();
-            let expect = Expect {
-                region: svc.region.as_deref(),
-                env: env.as_deref(),
-                account_id: Some(&credentials.account_id),
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ImageImportFuture::Reading {
+            read: tokio::time::timeout(timeout, Limited::new(body, self.max_body).collect()),
+            pending: Some(Pending {
+                inner,
+                head,
+                op,
+                max_body: self.max_body,
+                credentials: self.credentials.snapshot(),
+            }),
+        }
+    }
+}
+
+/// What an inspected request needs once its body is read.
+pub struct Pending<S> {
+    inner: S,
+    head: RoutedRequest<()>,
+    op: Operation,
+    max_body: usize,
+    credentials: Arc<Credentials>,
+}
+
+type Read<B> = tokio::time::Timeout<Collect<Limited<ReqBody<B>>>>;
+
+pin_project_lite::pin_project! {
+    /// Passes straight through, or reads the body (bounded in size and time), checks it and
+    /// then calls the inner service with the exact bytes read; no box.
+    #[project = Proj]
+    pub enum ImageImportFuture<S, B>
+    where
+        S: Service<RoutedRequest<ReqBody<B>>>,
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        Pass { #[pin] inner: S::Future },
+        Reading { #[pin] read: Read<B>, pending: Option<Pending<S>> },
+        Calling { #[pin] inner: S::Future },
+        Refused { error: Option<ProxyError> },
+    }
+}
+
+impl<S, B> Future for ImageImportFuture<S, B>
+where
+    S: Service<RoutedRequest<ReqBody<B>>, Error = ProxyError>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, ProxyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                Proj::Pass { inner } | Proj::Calling { inner } => return inner.poll(cx),
+                Proj::Refused { error } => {
+                    return match error.take() {
+                        Some(e) => Poll::Ready(Err(e)),
+                        None => Poll::Pending,
+                    }
+                }
+                Proj::Reading { read, pending } => {
+                    let out = std::task::ready!(read.poll(cx));
+                    let Some(pending) = pending.take() else {
+                        return Poll::Pending;
+                    };
+                    match pending.finish(out) {
+                        Ok(inner) => ImageImportFuture::Calling { inner },
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
             };
-            image_import::check_body(op, &bytes, &expect)?;
+            self.set(next);
+        }
+    }
+}
+
+impl<S> Pending<S> {
+    /// Judges the body read and, when it passes, hands exactly those bytes to the inner
+    /// service.
+    fn finish<B>(
+        mut self,
+        read: Result<
+            Result<http_body_util::Collected<Bytes>, BoxError>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> Result<S::Future, ProxyError>
+    where
+        S: Service<RoutedRequest<ReqBody<B>>, Error = ProxyError>,
+    {
+        let target = self.head.target();
+        let svc = &target.config;
+        let bytes = match read {
+            Err(_) => Err(PolicyError::BodyTimeout {
+                service: svc.name.clone(),
+                timeout: svc.timeout,
+            }),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(PolicyError::BodyTooLarge {
+                    limit: self.max_body,
+                    operation: self.op.describe(),
+                })
+            }
+            Ok(Err(e)) => Err(PolicyError::BodyUnreadable {
+                detail: e.to_string(),
+            }),
+        }?;
+        let policy = target.image_import.as_ref();
+        let expect = Expect {
+            region: policy.and_then(|p| p.region.as_deref()),
+            env: policy.and_then(|p| p.env.as_deref()),
+            account_id: Some(&self.credentials.account_id),
+        };
+        image_import::check_body(self.op, &bytes, &expect)?;
+        let req = self.head.map_request(|r| {
+            let (mut parts, ()) = r.into_parts();
             parts.headers.remove(header::TRANSFER_ENCODING);
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            inner
-                .call(Request::from_parts(parts, crate::body::full(bytes)))
-                .await
-        })
+            Request::from_parts(parts, Either::Right(Full::new(bytes)))
+        });
+        Ok(self.inner.call(req))
     }
 }
 
-async fn read_bounded(
-    headers: &http::HeaderMap,
-    body: Body,
-    max: usize,
-    op: Operation,
-    svc: &ServiceConfig,
-) -> Result<Bytes, PolicyError> {
+/// What can be refused before reading: an encoded body, or one declared too large.
+fn check_head(headers: &HeaderMap, max: usize, op: Operation) -> Result<(), PolicyError> {
     let operation = op.describe();
     // Every value and every list item: `identity` followed by a second header must not pass.
     for enc in headers.get_all(header::CONTENT_ENCODING) {
@@ -154,29 +256,17 @@ async fn read_bounded(
             });
         }
     }
-    let too_large = PolicyError::BodyTooLarge {
-        limit: max,
-        operation,
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large);
+        return Err(PolicyError::BodyTooLarge {
+            limit: max,
+            operation,
+        });
     }
-    let read = Limited::new(body, max).collect();
-    match tokio::time::timeout(svc.timeout, read).await {
-        Err(_) => Err(PolicyError::BodyTimeout {
-            service: svc.name.clone(),
-            timeout: svc.timeout,
-        }),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large),
-        Ok(Err(e)) => Err(PolicyError::BodyUnreadable {
-            detail: e.to_string(),
-        }),
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -299,7 +389,8 @@ mod tests {
             PATH,
             crate::body::full(good_body()),
         );
-        req.headers_mut()
+        req.request_mut()
+            .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(limit + 1));
         let (res, seen) = call_recorded(small.clone(), req).await;
         let e = res.unwrap_err();
@@ -328,7 +419,8 @@ mod tests {
             PATH,
             crate::body::full(good_body()),
         );
-        req.headers_mut()
+        req.request_mut()
+            .headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         let (res, seen) = call_recorded(layer(), req).await;
         assert_eq!(res.unwrap_err().code(), "body_encoded");
@@ -342,7 +434,8 @@ mod tests {
                 crate::body::full(good_body()),
             );
             for v in values {
-                req.headers_mut()
+                req.request_mut()
+                    .headers_mut()
                     .append(header::CONTENT_ENCODING, HeaderValue::from_static(v));
             }
             let (res, seen) = call_recorded(layer(), req).await;
@@ -355,7 +448,7 @@ mod tests {
             PATH,
             crate::body::full(good_body()),
         );
-        req.headers_mut().insert(
+        req.request_mut().headers_mut().insert(
             header::CONTENT_ENCODING,
             HeaderValue::from_static("identity"),
         );

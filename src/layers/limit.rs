@@ -47,14 +47,14 @@ pub struct ConcurrencyLimit<S> {
 
 impl<S, Req> Service<Req> for ConcurrencyLimit<S>
 where
-    S: Service<Req, Error = ProxyError>,
-    S::Response: Send + 'static,
+    S: Service<Req>,
+    S::Error: From<ProxyError>,
 {
     type Response = S::Response;
-    type Error = ProxyError;
+    type Error = S::Error;
     type Future = LimitFuture<S::Future, S::Response>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
@@ -80,11 +80,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F, R> Future for LimitFuture<F, R>
+impl<F, R, E> Future for LimitFuture<F, R>
 where
-    F: Future<Output = Result<R, ProxyError>>,
+    F: Future<Output = Result<R, E>>,
+    E: From<ProxyError>,
 {
-    type Output = Result<R, ProxyError>;
+    type Output = Result<R, E>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             LimitProj::Admitted { inner, permit } => {
@@ -93,7 +94,7 @@ where
                 Poll::Ready(out)
             }
             LimitProj::Refused { err, .. } => match err.take() {
-                Some(e) => Poll::Ready(Err(e)),
+                Some(e) => Poll::Ready(Err(e.into())),
                 None => Poll::Pending,
             },
         }

@@ -1,4 +1,7 @@
-//! One tower layer per concern; [`crate::app::proxy_service`] composes them.
+//! One tower layer per concern; [`crate::app`] composes them.
+//!
+//! Layers above routing take `Request<B>`; the per-service layers below it take a
+//! [`RoutedRequest`](crate::target::RoutedRequest), so they cannot be placed above routing.
 
 pub mod allowlist;
 pub mod hygiene;
@@ -10,14 +13,22 @@ pub(crate) mod test_support;
 pub mod trace;
 pub mod version;
 
-use std::future::Future;
-use std::pin::Pin;
+use bytes::Bytes;
+use http_body_util::{Either, Full};
 
-/// The future type of layers that may answer without calling their inner service.
-pub type Reject<S, T, E> =
-    futures_util::future::Either<S, Pin<Box<dyn Future<Output = Result<T, E>> + Send>>>;
+/// A request body in the stack: the client's, streamed (`B`), or bytes a layer read and
+/// checked. With `B = hyper::body::Incoming` this is [`crate::body::Body`].
+pub type ReqBody<B> = Either<B, Full<Bytes>>;
+
+/// The future type of layers that may answer without calling their inner service: no box.
+pub type Reject<F, T, E> = futures_util::future::Either<F, std::future::Ready<Result<T, E>>>;
 
 /// A future that fails at once with `e`: the inner service is never called.
-pub fn reject<S, T: Send + 'static, E: Send + 'static>(e: E) -> Reject<S, T, E> {
-    futures_util::future::Either::Right(Box::pin(async move { Err(e) }))
+pub fn reject<F, T, E>(e: E) -> Reject<F, T, E> {
+    futures_util::future::Either::Right(std::future::ready(Err(e)))
+}
+
+/// The future that calls the inner service.
+pub fn pass<F, T, E>(f: F) -> Reject<F, T, E> {
+    futures_util::future::Either::Left(f)
 }

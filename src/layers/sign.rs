@@ -5,7 +5,8 @@
 //! request carries them, never decoded or re-encoded); exactly one each of `Scp-Accesskey`,
 //! `Scp-Timestamp`, `Scp-Signature`, `Scp-ClientType`, and `Scp-AccountId` when an account id is
 //! configured. The key pair is read from the [`CredentialStore`] per request, so a reload takes
-//! effect on the next request while in-flight ones keep theirs.
+//! effect on the next request while in-flight ones keep theirs. The URL signed is the routed
+//! target's upstream: the layer takes only routed requests.
 
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -14,8 +15,8 @@ use http::{HeaderName, HeaderValue, Request};
 use tower::{Layer, Service};
 
 use crate::credentials::CredentialStore;
-use crate::route::Routed;
 use crate::signer::{timestamp_ms, SignInput};
+use crate::target::RoutedRequest;
 
 pub const SCP_ACCESSKEY: HeaderName = HeaderName::from_static("scp-accesskey");
 pub const SCP_TIMESTAMP: HeaderName = HeaderName::from_static("scp-timestamp");
@@ -63,9 +64,9 @@ pub struct Sign<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for Sign<S>
+impl<S, B> Service<RoutedRequest<B>> for Sign<S>
 where
-    S: Service<Request<B>>,
+    S: Service<RoutedRequest<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -75,41 +76,42 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        sign_request(&mut req, &self.store, (self.clock)());
-        self.inner.call(req)
+    fn call(&mut self, mut routed: RoutedRequest<B>) -> Self::Future {
+        let (target, req) = routed.parts_mut();
+        // The base is the upstream exactly as configured (`Upstream::base`).
+        sign_with_base(
+            req,
+            &target.config.upstream.base,
+            &self.store,
+            (self.clock)(),
+        );
+        self.inner.call(routed)
     }
 }
 
-/// Sets the auth headers on `req`, whose URI is already the absolute upstream URI.
+/// Sets the auth headers on `req`, whose URI is already the absolute upstream URI (for clients
+/// of the library that sign outside the proxy's stack).
 pub fn sign_request<B>(req: &mut Request<B>, store: &CredentialStore, now: SystemTime) {
+    let scheme = req.uri().scheme_str().unwrap_or("http");
+    let authority = req.uri().authority().map_or("", |a| a.as_str());
+    let base = format!("{scheme}://{authority}");
+    sign_with_base(req, &base, store, now);
+}
+
+/// Signs `base` followed by the request's raw path and query.
+fn sign_with_base<B>(req: &mut Request<B>, base: &str, store: &CredentialStore, now: SystemTime) {
     let creds = store.current();
     let mut ts_buf = itoa::Buffer::new();
     let ts = ts_buf.format(timestamp_ms(now));
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    // The base is the upstream exactly as configured (Upstream::base); fall back to the URI's.
-    let signature = match req.extensions().get::<Routed>() {
-        Some(r) => creds.key.sign(&SignInput {
-            method: req.method().as_str(),
-            url_parts: &[&r.target.config.upstream.base, pq],
-            timestamp: ts,
-            access_key: &creds.access_key,
-            account_id: &creds.account_id,
-            client_type: &creds.client_type,
-        }),
-        None => {
-            let scheme = req.uri().scheme_str().unwrap_or("http");
-            let authority = req.uri().authority().map_or("", |a| a.as_str());
-            creds.key.sign(&SignInput {
-                method: req.method().as_str(),
-                url_parts: &[scheme, "://", authority, pq],
-                timestamp: ts,
-                access_key: &creds.access_key,
-                account_id: &creds.account_id,
-                client_type: &creds.client_type,
-            })
-        }
-    };
+    let signature = creds.key.sign(&SignInput {
+        method: req.method().as_str(),
+        url_parts: &[base, pq],
+        timestamp: ts,
+        access_key: &creds.access_key,
+        account_id: &creds.account_id,
+        client_type: &creds.client_type,
+    });
     let h = req.headers_mut();
     h.insert(SCP_ACCESSKEY, creds.access_key_header.clone());
     // Digits and base64 are always valid header bytes.

@@ -1,4 +1,4 @@
-//! Test helpers for layer tests: routed requests and an inner service that records whether,
+//! Test helpers for layer tests: targets, routed requests and an inner service that records whether,
 //! and with what, it was called.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,9 +14,11 @@ use tower::{Layer, Service, ServiceExt};
 use crate::body::Body;
 use crate::config::{ServiceConfig, Upstream};
 use crate::error::ProxyError;
-use crate::route::{Routed, Target};
+use crate::forward::Egress;
+use crate::metrics::Metrics;
+use crate::target::{RoutedRequest, Target};
 
-pub type Inner = BoxCloneService<Request<Body>, Response<Body>, ProxyError>;
+pub type Inner = BoxCloneService<RoutedRequest<Body>, Response<Body>, ProxyError>;
 
 /// A regional service in kr-west1, env e.
 pub fn service(name: &str) -> ServiceConfig {
@@ -33,8 +35,24 @@ pub fn service(name: &str) -> ServiceConfig {
     }
 }
 
-/// A request as the route layer leaves it: upstream absolute URI and the `Routed` extension.
-pub fn routed_request(svc: &str, method: &str, path: &str, body: Body) -> Request<Body> {
+/// The per-service state for `cfg`, its allowlist counted in `metrics`.
+pub fn target_for(cfg: ServiceConfig, metrics: &Metrics) -> Arc<Target> {
+    Arc::new(Target::new(cfg, metrics, &Egress::direct()).expect("test target"))
+}
+
+/// A request as the route layer leaves it: routed to `target`, with the upstream absolute URI.
+pub fn routed(target: &Arc<Target>, method: &str, path: &str, body: Body) -> RoutedRequest<Body> {
+    let uri = format!("{}{path}", target.config.upstream.base);
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(body)
+        .expect("test request");
+    RoutedRequest::for_test(target.clone(), req)
+}
+
+/// [`routed`] to [`service`]`(svc)`.
+pub fn routed_request(svc: &str, method: &str, path: &str, body: Body) -> RoutedRequest<Body> {
     routed_request_for(service(svc), method, path, body)
 }
 
@@ -43,18 +61,8 @@ pub fn routed_request_for(
     method: &str,
     path: &str,
     body: Body,
-) -> Request<Body> {
-    let uri = format!("{}{path}", cfg.upstream.base);
-    let target = Target::new(0, cfg).expect("test target");
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(body)
-        .expect("test request");
-    req.extensions_mut().insert(Routed {
-        target: Arc::new(target),
-    });
-    req
+) -> RoutedRequest<Body> {
+    routed(&target_for(cfg, &Metrics::new()), method, path, body)
 }
 
 /// What the inner service received.
@@ -66,11 +74,11 @@ pub struct Seen {
 
 /// An inner service (`tower::service_fn`) that records each request and answers 200.
 pub fn recording_inner(seen: Seen) -> Inner {
-    BoxCloneService::new(tower::service_fn(move |req: Request<Body>| {
+    BoxCloneService::new(tower::service_fn(move |req: RoutedRequest<Body>| {
         let seen = seen.clone();
         async move {
             seen.calls.fetch_add(1, Ordering::SeqCst);
-            let (parts, body) = req.into_parts();
+            let (parts, body) = req.into_request().into_parts();
             let bytes = body
                 .collect()
                 .await
@@ -85,11 +93,11 @@ pub fn recording_inner(seen: Seen) -> Inner {
 /// Runs `req` through `layer` over a recording inner service.
 pub async fn call_recorded<L>(
     layer: L,
-    req: Request<Body>,
+    req: RoutedRequest<Body>,
 ) -> (Result<Response<Body>, ProxyError>, Seen)
 where
     L: Layer<Inner>,
-    L::Service: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    L::Service: Service<RoutedRequest<Body>, Response = Response<Body>, Error = ProxyError>,
 {
     let seen = Seen::default();
     let svc = layer.layer(recording_inner(seen.clone()));
@@ -100,11 +108,11 @@ where
 /// Like [`call_recorded`], returning only the call counter.
 pub async fn call_counted<L>(
     layer: L,
-    req: Request<Body>,
+    req: RoutedRequest<Body>,
 ) -> (Result<Response<Body>, ProxyError>, Arc<AtomicUsize>)
 where
     L: Layer<Inner>,
-    L::Service: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    L::Service: Service<RoutedRequest<Body>, Response = Response<Body>, Error = ProxyError>,
 {
     let (res, seen) = call_recorded(layer, req).await;
     (res, seen.calls)

@@ -16,10 +16,9 @@ use std::time::Instant;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
 use tower::{Layer, Service};
 
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, ServedBy};
 use crate::forward::UpstreamLatency;
 use crate::metrics::{method_label, CodeLabel, LatencyLabel, Metrics, RequestLabels};
-use crate::route::Routed;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -145,7 +144,7 @@ where
             return Poll::Ready(out);
         };
         let status = resp.status();
-        let service = resp.extensions().get::<Routed>().map(|r| r.target.label);
+        let service = resp.extensions().get::<ServedBy>().map(|s| s.0);
         let latency = resp.extensions().get::<UpstreamLatency>().map(|l| l.0);
         if let (Some(service), Some(lat)) = (service, latency) {
             state

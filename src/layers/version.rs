@@ -3,16 +3,18 @@
 //! Guarantees: a request without the header gets `<service> <pin>`; one whose trimmed value is
 //! exactly that passes (normalised to it); anything else is refused with 400
 //! `api_version_mismatch` and the inner service is never called, so nothing goes upstream.
+//! The pin is the routed target's: the layer takes only a routed request, so it cannot run
+//! before routing and silently pass.
 
 use std::task::{Context, Poll};
 
-use http::{HeaderName, Request};
+use http::HeaderName;
 use tower::{Layer, Service};
 
-use super::{reject, Reject};
+use super::{pass, reject, Reject};
 use crate::error::ProxyError;
 use crate::policy::PolicyError;
-use crate::route::Routed;
+use crate::target::RoutedRequest;
 
 pub const SCP_API_VERSION: HeaderName = HeaderName::from_static("scp-api-version");
 
@@ -31,10 +33,9 @@ pub struct VersionPin<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for VersionPin<S>
+impl<S, B> Service<RoutedRequest<B>> for VersionPin<S>
 where
-    S: Service<Request<B>, Error = ProxyError>,
-    S::Response: Send + 'static,
+    S: Service<RoutedRequest<B>, Error = ProxyError>,
 {
     type Response = S::Response;
     type Error = ProxyError;
@@ -44,17 +45,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(routed) = req.extensions().get::<Routed>() else {
-            return futures_util::future::Either::Left(self.inner.call(req));
-        };
-        let pinned = &routed.target.version_header;
+    fn call(&mut self, mut routed: RoutedRequest<B>) -> Self::Future {
+        let (target, req) = routed.parts_mut();
+        let pinned = &target.version_header;
         let mut sent = req.headers().get_all(&SCP_API_VERSION).iter();
         let verdict = match (sent.next(), sent.next()) {
             (None, _) => Ok(()),
             (Some(v), None) if v.as_bytes().trim_ascii() == pinned.as_bytes() => Ok(()),
             (Some(v), _) => Err(PolicyError::ApiVersionMismatch {
-                service: routed.target.name().to_owned(),
+                service: target.name().to_owned(),
                 sent: String::from_utf8_lossy(v.as_bytes()).into_owned(),
                 pinned: String::from_utf8_lossy(pinned.as_bytes()).into_owned(),
             }),
@@ -63,7 +62,7 @@ where
             Ok(()) => {
                 let pinned = pinned.clone();
                 req.headers_mut().insert(SCP_API_VERSION, pinned);
-                futures_util::future::Either::Left(self.inner.call(req))
+                pass(self.inner.call(routed))
             }
             Err(e) => reject(ProxyError::Policy(e)),
         }
@@ -96,7 +95,8 @@ mod tests {
             let mut req =
                 routed_request("virtualserver", "GET", "/v1/images", crate::body::empty());
             for v in &sent {
-                req.headers_mut()
+                req.request_mut()
+                    .headers_mut()
                     .append(SCP_API_VERSION, HeaderValue::from_str(v).unwrap());
             }
             let (res, seen) = call_recorded(VersionPinLayer, req).await;
@@ -121,7 +121,7 @@ mod tests {
     #[tokio::test]
     async fn message_names_sent_and_pinned() {
         let mut req = routed_request("virtualserver", "GET", "/v1/images", crate::body::empty());
-        req.headers_mut().insert(
+        req.request_mut().headers_mut().insert(
             SCP_API_VERSION,
             HeaderValue::from_static("virtualserver 1.1"),
         );
