@@ -23,6 +23,7 @@ use crate::credentials::CredentialStore;
 use crate::error::{ProxyError, RescueLayer};
 use crate::forward::{Egress, Forward};
 use crate::layers::allowlist::OperationAllowlistLayer;
+use crate::layers::explain::ExplainLayer;
 use crate::layers::hygiene::HeaderHygieneLayer;
 use crate::layers::image_import::ImageImportLayer;
 use crate::layers::limit::ConcurrencyLimitLayer;
@@ -115,6 +116,12 @@ where
         .layer(ImageImportLayer::new(
             parts.credentials.clone(),
             parts.max_inspected_body_bytes,
+        ))
+        // Below every policy, so it sees only upstream answers (never the proxy's own); above
+        // signing, so a hint names what was sent and a retry's answers are explained once.
+        .layer(ExplainLayer::new(
+            parts.credentials.clone(),
+            parts.metrics.clone(),
         ))
         // Last before forwarding: sign exactly what goes out, with a fresh timestamp.
         .layer(SignLayer::new(parts.credentials.clone()))

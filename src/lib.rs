@@ -47,6 +47,62 @@ pub enum StartError {
     },
     #[error(transparent)]
     Services(#[from] target::TargetError),
+    #[error("services.{service}.upstream {upstream} is this proxy's own {key} ({listen}): every request would loop back into the proxy; point it at the SCP endpoint")]
+    Loop {
+        service: String,
+        upstream: String,
+        key: &'static str,
+        listen: SocketAddr,
+    },
+}
+
+/// Refuses a service whose upstream is one of the proxy's own listeners (a loop). Only
+/// literal loopback or IP upstreams are checked: a name other than `localhost` is not resolved.
+fn check_loops(
+    services: &[config::ServiceConfig],
+    listeners: &[(&'static str, SocketAddr)],
+) -> Result<(), StartError> {
+    for svc in services {
+        let up = &svc.upstream;
+        let host = up
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = up
+            .authority
+            .port_u16()
+            .unwrap_or(if up.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        let ip: Option<std::net::IpAddr> = match host.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) if host.eq_ignore_ascii_case("localhost") => None,
+            Err(_) => continue,
+        };
+        for (key, listen) in listeners {
+            let same_host = match ip {
+                Some(ip) => {
+                    ip == listen.ip()
+                        || (listen.ip().is_unspecified()
+                            && (ip.is_loopback() || ip.is_unspecified()))
+                        || (ip.is_unspecified() && listen.ip().is_loopback())
+                }
+                None => listen.ip().is_loopback() || listen.ip().is_unspecified(),
+            };
+            if same_host && port == listen.port() {
+                return Err(StartError::Loop {
+                    service: svc.name.clone(),
+                    upstream: up.base.clone(),
+                    key,
+                    listen: *listen,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A running proxy: both listeners bound and serving.
@@ -125,6 +181,10 @@ pub async fn start_with_egress(
             key: "server.admin_listen",
             source,
         })?;
+    check_loops(
+        &config.services,
+        &[("server.listen", addr), ("server.admin_listen", admin_addr)],
+    )?;
     let health = Arc::new(Health::default());
     let (tx, rx) = watch::channel(false);
 
@@ -188,4 +248,48 @@ pub async fn start_with_egress(
 
 async fn wait_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_on_the_own_listener_is_a_loop() {
+        let svc = |up: &str| config::ServiceConfig {
+            name: "virtualserver".into(),
+            upstream: config::Upstream::parse(up).unwrap(),
+            api_version: "1.3".into(),
+            region: None,
+            timeout: std::time::Duration::from_secs(1),
+            ca_file: None,
+            allow: None,
+            allow_unsupported_version: false,
+        };
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        for (up, listen, looped) in [
+            ("http://127.0.0.1:8080", local, true),
+            ("http://localhost:8080", local, true),
+            ("http://127.0.0.1:8080", any, true),
+            ("http://[::1]:8080", "[::]:8080".parse().unwrap(), true),
+            ("http://127.0.0.1:8081", local, false),
+            (
+                "https://virtualserver.kr-west1.e.samsungsdscloud.com",
+                local,
+                false,
+            ),
+            ("http://10.0.0.5:8080", local, false),
+        ] {
+            let r = check_loops(&[svc(up)], &[("server.listen", listen)]);
+            assert_eq!(r.is_err(), looped, "{up} vs {listen}");
+            if let Err(e) = r {
+                let m = e.to_string();
+                assert!(
+                    m.contains("services.virtualserver.upstream") && m.contains("server.listen"),
+                    "{m}"
+                );
+            }
+        }
+    }
 }

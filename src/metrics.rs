@@ -78,6 +78,8 @@ pub struct MetricSet {
     pub version_days_left: Family<ServiceLabel, Gauge>,
     /// Requests by allowlist rule that matched (or "none" for refused).
     pub allowlist: Family<RuleLabel, Counter>,
+    /// Local clock minus the upstream's `Date` at the last upstream answer that had one.
+    pub clock_skew_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +168,12 @@ impl Metrics {
             "Requests by the allowlist rule that matched (\"none\": refused)",
             allowlist.clone(),
         );
+        let clock_skew_seconds = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "clock_skew_seconds",
+            "Local clock minus the upstream's Date header at the last upstream answer (1s resolution)",
+            clock_skew_seconds.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -184,6 +192,7 @@ impl Metrics {
             key_age_seconds,
             version_days_left,
             allowlist,
+            clock_skew_seconds,
         }))
     }
 

@@ -4,6 +4,7 @@
 //! [`RoutedRequest`](crate::target::RoutedRequest), so they cannot be placed above routing.
 
 pub mod allowlist;
+pub mod explain;
 pub mod hygiene;
 pub mod image_import;
 pub mod limit;

@@ -8,6 +8,7 @@ pub mod image_import;
 pub mod image_url;
 pub mod json;
 pub mod lifecycle;
+pub mod operations;
 
 pub use image_url::UrlError;
 

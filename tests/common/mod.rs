@@ -431,3 +431,138 @@ pub fn tls_acceptor(cert: &str, key: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsA
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(Arc::new(tls))
 }
+
+/// Whether `Scp-Signature` in `h` is HMAC-SHA256 with `secret` over what arrived (`http://` +
+/// Host + the raw target).
+pub fn signature_valid(secret: &[u8], method: &str, target: &str, h: &HeaderMap) -> bool {
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let msg = format!(
+        "{method}http://{}{target}{}{}{}{}",
+        get("host"),
+        get("scp-timestamp"),
+        get("scp-accesskey"),
+        get("scp-accountid"),
+        get("scp-clienttype")
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(msg.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        == get("scp-signature")
+}
+
+/// One scripted answer: status, extra headers, body.
+#[derive(Clone, Debug)]
+pub struct Scripted {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Scripted {
+    pub fn new(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: vec![],
+            body: body.into(),
+        }
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A plain-HTTP upstream on 127.0.0.1:0 that answers from a script, in order (the last answer
+/// repeats), and records every request with whether its signature was valid for [`SECRET`].
+#[derive(Clone)]
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    script: Arc<Mutex<std::collections::VecDeque<Scripted>>>,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl ScriptedUpstream {
+    pub async fn start(script: Vec<Scripted>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Self {
+            addr: listener.local_addr().unwrap(),
+            script: Arc::new(Mutex::new(script.into())),
+            seen: Arc::default(),
+        };
+        let me = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let me = me.clone();
+                        async move { Ok::<_, Infallible>(me.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        up
+    }
+
+    /// Replaces what is answered from now on.
+    pub fn set_script(&self, script: Vec<Scripted>) {
+        *self.script.lock().unwrap() = script.into();
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        let (bytes, complete) = match body.collect().await {
+            Ok(b) => (b.to_bytes(), true),
+            Err(_) => (Bytes::new(), false),
+        };
+        let signature_ok = signature_valid(
+            SECRET.as_bytes(),
+            parts.method.as_str(),
+            &target,
+            &parts.headers,
+        );
+        self.seen.lock().unwrap().push(Recorded {
+            method: parts.method.to_string(),
+            target,
+            headers: parts.headers,
+            body_len: bytes.len() as u64,
+            body: bytes,
+            body_complete: complete,
+            signature_ok,
+        });
+        let next = {
+            let mut s = self.script.lock().unwrap();
+            if s.len() > 1 {
+                s.pop_front().unwrap()
+            } else {
+                s.front()
+                    .cloned()
+                    .unwrap_or_else(|| Scripted::new(200, "{}"))
+            }
+        };
+        let mut b = Response::builder().status(next.status);
+        for (k, v) in &next.headers {
+            b = b.header(k, v);
+        }
+        b.body(Full::new(Bytes::from(next.body))).unwrap()
+    }
+}
