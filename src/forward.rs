@@ -27,6 +27,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tower::Service;
 
@@ -422,7 +424,8 @@ pub fn client_for(svc: &ServiceConfig, egress: &Egress) -> Result<HttpClient, Tl
         };
         let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        // rustls' own PEM reader (rustls-pki-types): certificate sections, others skipped.
+        for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| ca_err(format!("not a PEM certificate bundle: {e}")))?;
             roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
             added += 1;

@@ -209,7 +209,7 @@ impl Images {
         let mut limit = MAX_LIMIT;
         let mut marker = None;
         let mut names = Vec::new();
-        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
                 "limit" => {
                     limit = v

@@ -414,12 +414,11 @@ impl Drop for Proc {
 pub fn tls_acceptor(cert: &str, key: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     let cert_pem = std::fs::read(cert).unwrap();
     let key_pem = std::fs::read(key).unwrap();
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .unwrap()
-        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).unwrap();
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
