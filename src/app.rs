@@ -27,6 +27,7 @@ use crate::layers::explain::ExplainLayer;
 use crate::layers::hygiene::HeaderHygieneLayer;
 use crate::layers::image_import::ImageImportLayer;
 use crate::layers::limit::ConcurrencyLimitLayer;
+use crate::layers::retry::RetryLayer;
 use crate::layers::sign::SignLayer;
 use crate::layers::trace::TraceLayer;
 use crate::layers::version::VersionPinLayer;
@@ -123,6 +124,9 @@ where
             parts.credentials.clone(),
             parts.metrics.clone(),
         ))
+        // Wraps signing and forwarding, so every attempt goes out with a fresh timestamp and
+        // signature; below every policy, so a retry is never re-checked or re-read.
+        .layer(RetryLayer::new(parts.metrics.clone()))
         // Last before forwarding: sign exactly what goes out, with a fresh timestamp.
         .layer(SignLayer::new(parts.credentials.clone()))
 }

@@ -182,7 +182,39 @@ struct RawService {
     allow: Option<Vec<String>>,
     #[serde(default)]
     allow_unsupported_version: bool,
+    #[serde(default)]
+    retry: RetryConfig,
 }
+
+/// `[services.NAME.retry]`: re-signed retries of failed attempts.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 turns retries off.
+    pub max_attempts: u32,
+    /// Retries may add at most this share of the service's requests (plus a small reserve).
+    pub budget_percent: u32,
+    /// The first retry waits between half of this and this; each next one twice as long.
+    #[serde(with = "duration")]
+    pub backoff: Duration,
+    /// Operations with other methods than GET, HEAD and OPTIONS that may be retried too, as
+    /// allowlist rules (`"POST /v1/images/*/import"`).
+    pub operations: Vec<String>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 2,
+            budget_percent: 20,
+            backoff: Duration::from_millis(50),
+            operations: Vec::new(),
+        }
+    }
+}
+
+/// Upper bound for `retry.max_attempts`.
+const MAX_ATTEMPTS: u32 = 5;
 
 /// Upper bound for every duration setting.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -255,6 +287,7 @@ pub struct ServiceConfig {
     pub ca_file: Option<PathBuf>,
     pub allow: Option<Vec<String>>,
     pub allow_unsupported_version: bool,
+    pub retry: RetryConfig,
 }
 
 /// `scheme://authority`, kept exactly as written: the signature covers these bytes.
@@ -454,10 +487,13 @@ fn is_known_key(key: &str) -> bool {
         "ca_file",
         "allow",
         "allow_unsupported_version",
+        "retry",
     ];
+    const RETRY_KEYS: &[&str] = &["max_attempts", "budget_percent", "backoff", "operations"];
     let parts: Vec<&str> = key.split('.').collect();
     match parts.as_slice() {
         ["services", name, field] => !name.is_empty() && SERVICE_KEYS.contains(field),
+        ["services", name, "retry", field] => !name.is_empty() && RETRY_KEYS.contains(field),
         [section, field] => SECTIONS
             .iter()
             .any(|(s, fields)| s == section && fields.contains(field)),
@@ -545,6 +581,26 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
                 crate::policy::allowlist::Rule::parse(r).map_err(|m| invalid(&key("allow"), m))?;
             }
         }
+        let r = &s.retry;
+        if !(1..=MAX_ATTEMPTS).contains(&r.max_attempts) {
+            return Err(invalid(
+                &key("retry.max_attempts"),
+                format!("must be between 1 (no retries) and {MAX_ATTEMPTS}"),
+            ));
+        }
+        if r.budget_percent > 100 {
+            return Err(invalid(
+                &key("retry.budget_percent"),
+                "must be between 0 and 100".into(),
+            ));
+        }
+        if r.backoff > Duration::from_secs(10) {
+            return Err(invalid(&key("retry.backoff"), "must be at most 10s".into()));
+        }
+        for op in &r.operations {
+            crate::policy::allowlist::Rule::parse(op)
+                .map_err(|m| invalid(&key("retry.operations"), m))?;
+        }
         services.push(ServiceConfig {
             name,
             upstream,
@@ -554,6 +610,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             ca_file: s.ca_file,
             allow: s.allow,
             allow_unsupported_version: s.allow_unsupported_version,
+            retry: s.retry,
         });
     }
     if let Some(d) = &raw.routing.default_service {
@@ -823,6 +880,17 @@ impl Config {
             }
             if svc.allow_unsupported_version {
                 let _ = writeln!(o, "allow_unsupported_version = true");
+            }
+            let r = &svc.retry;
+            if *r != RetryConfig::default() {
+                let _ = writeln!(
+                    o,
+                    "retry = {{ max_attempts = {}, budget_percent = {}, backoff = \"{}\", operations = {:?} }}",
+                    r.max_attempts,
+                    r.budget_percent,
+                    humantime::format_duration(r.backoff),
+                    r.operations
+                );
             }
         }
         if self.emulator.in_process {

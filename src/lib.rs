@@ -265,6 +265,7 @@ mod tests {
             ca_file: None,
             allow: None,
             allow_unsupported_version: false,
+            retry: Default::default(),
         };
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();

@@ -46,6 +46,12 @@ pub struct RuleLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub service: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -80,6 +86,8 @@ pub struct MetricSet {
     pub allowlist: Family<RuleLabel, Counter>,
     /// Local clock minus the upstream's `Date` at the last upstream answer that had one.
     pub clock_skew_seconds: Gauge<f64, AtomicU64>,
+    /// Retry decisions after a retryable failure, by outcome.
+    pub retries: Family<RetryLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -174,6 +182,12 @@ impl Metrics {
             "Local clock minus the upstream's Date header at the last upstream answer (1s resolution)",
             clock_skew_seconds.clone(),
         );
+        let retries = Family::<RetryLabels, Counter>::default();
+        r.register(
+            "retries",
+            "Retryable upstream failures by outcome: retried, recovered (answered after a retry), exhausted (max_attempts), budget, deadline",
+            retries.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -193,6 +207,7 @@ impl Metrics {
             version_days_left,
             allowlist,
             clock_skew_seconds,
+            retries,
         }))
     }
 

@@ -217,6 +217,13 @@ impl<T, B> Routed<T, B> {
             request: f(self.request),
         }
     }
+    /// Another request routed to the same target (a retry's fresh copy).
+    pub fn with_request<B2>(&self, request: Request<B2>) -> Routed<T, B2> {
+        Routed {
+            target: self.target.clone(),
+            request,
+        }
+    }
     /// The request to send upstream.
     pub fn into_request(self) -> Request<B> {
         self.request

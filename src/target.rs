@@ -37,6 +37,8 @@ pub struct Target {
     pub image_import: Option<ImagePolicy>,
     /// The pooled upstream client, connecting directly or through the egress proxy.
     pub client: HttpClient,
+    /// `services.NAME.retry`, with the service's retry budget.
+    pub retry: crate::layers::retry::RetryPolicy,
 }
 
 impl fmt::Debug for Target {
@@ -137,6 +139,8 @@ impl Target {
             env: config.env(),
         });
         let client = client_for(&config, egress)?;
+        let retry = crate::layers::retry::RetryPolicy::new(&config.retry)
+            .map_err(|m| invalid("retry.operations", m))?;
         Ok(Self {
             label: route::intern(&config.name),
             host,
@@ -144,6 +148,7 @@ impl Target {
             allowlist,
             image_import,
             client,
+            retry,
             config,
         })
     }

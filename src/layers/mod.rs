@@ -8,6 +8,7 @@ pub mod explain;
 pub mod hygiene;
 pub mod image_import;
 pub mod limit;
+pub mod retry;
 pub mod sign;
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -32,6 +32,7 @@ pub fn service(name: &str) -> ServiceConfig {
         ca_file: None,
         allow: None,
         allow_unsupported_version: false,
+        retry: Default::default(),
     }
 }
 

@@ -456,6 +456,7 @@ mod tests {
             ca_file: None,
             allow: None,
             allow_unsupported_version: allow,
+            retry: Default::default(),
         }
     }
 
