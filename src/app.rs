@@ -69,7 +69,8 @@ impl ProxyParts {
 }
 
 /// The whole stack above the innermost service `S` (the upstream), for request bodies `B`.
-pub(crate) fn layers<S, B>(
+/// Public for `benches/stack.rs`, which runs it over an in-process upstream.
+pub fn layers<S, B>(
     parts: &ProxyParts,
 ) -> impl Layer<
     S,
