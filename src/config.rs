@@ -373,6 +373,16 @@ impl ServiceConfig {
     pub fn env(&self) -> Option<String> {
         self.upstream.scp_region_env().1
     }
+
+    /// The pin as the lifecycle checks see it.
+    pub fn pin(&self) -> crate::policy::lifecycle::Pin<'_> {
+        crate::policy::lifecycle::Pin {
+            service: &self.name,
+            version: &self.api_version,
+            waived: self.allow_unsupported_version,
+            upstream: &self.upstream.base,
+        }
+    }
 }
 
 impl Config {

@@ -8,6 +8,7 @@ pub mod app;
 pub mod body;
 pub mod catalog;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod credentials;
 pub mod emulator;
@@ -16,6 +17,7 @@ pub mod forward;
 pub mod layers;
 pub mod logging;
 pub mod metrics;
+pub mod monitor;
 pub mod policy;
 pub mod reload;
 pub mod route;
@@ -159,7 +161,7 @@ pub async fn start_with_egress(
     let store = CredentialStore::new(credentials);
     // A pin past its date starts anyway (a fleet must not crash-loop when a date passes), but
     // says so now and every hour, and the days-left metric goes negative.
-    policy::lifecycle::report(
+    monitor::report(
         &config.services,
         catalog::Date::of(std::time::SystemTime::now()),
         &metrics,
@@ -213,7 +215,7 @@ pub async fn start_with_egress(
     });
     let delay = config.server.shutdown_delay;
     let grace = config.server.shutdown_grace;
-    let monitor = policy::lifecycle::spawn_monitor(
+    let monitor = monitor::spawn_monitor(
         config.services.clone(),
         metrics.clone(),
         egress,

@@ -795,7 +795,9 @@ api_version = "1.3"
 region = "kr-west1"
 "#,
     );
-    let (proxy, emu) = emulator::start_dev(cfg).await.expect("dev starts");
+    let (proxy, emu) = scp_auth_proxy::cmd::dev::start_dev(cfg)
+        .await
+        .expect("dev starts");
     assert!(emu.addr().ip().is_loopback());
     // The README's quick start, through the proxy.
     let url = "https://object-store.kr-west1.e.samsungsdscloud.com/dev-account:demo-bucket/images/ubuntu-22.04.qcow2";
@@ -840,7 +842,7 @@ default_service = "virtualserver"
 api_version = "1.3"
 "#,
     );
-    let Err(err) = emulator::start_dev(cfg).await else {
+    let Err(err) = scp_auth_proxy::cmd::dev::start_dev(cfg).await else {
         panic!("dev started on 0.0.0.0");
     };
     let err = err.to_string();

@@ -363,20 +363,20 @@ async fn past_its_date_pin_still_serves_and_days_left_goes_negative() {
 
 #[tokio::test]
 async fn live_version_list_is_read_and_compared() {
-    use scp_auth_proxy::policy::lifecycle;
+    use scp_auth_proxy::{monitor, policy::lifecycle};
     let emu = emulator().await;
     let (cfg, _dir) = config_from(&toml(&emu.base_url(), "1.3"));
     let svc = cfg.service("virtualserver").unwrap();
-    let live = lifecycle::fetch_live(
+    let live = monitor::fetch_live(
         svc,
         &scp_auth_proxy::forward::Egress::direct(),
-        lifecycle::LIVE_TIMEOUT,
+        monitor::LIVE_TIMEOUT,
     )
     .await
     .expect("the emulator lists its versions");
     assert!(live.iter().any(|v| v.id == "v1.3"), "{live:?}");
     // The emulator serves the same catalog: nothing to warn about.
-    assert_eq!(lifecycle::compare_live(svc, &live), vec![]);
+    assert_eq!(lifecycle::compare_live(svc.pin(), &live), vec![]);
     // An upstream that does not answer in time is reported, not waited on.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (cfg, _dir2) = config_from(&toml(
@@ -384,7 +384,7 @@ async fn live_version_list_is_read_and_compared() {
         "1.3",
     ));
     let started = std::time::Instant::now();
-    let err = lifecycle::fetch_live(
+    let err = monitor::fetch_live(
         cfg.service("virtualserver").unwrap(),
         &scp_auth_proxy::forward::Egress::direct(),
         Duration::from_millis(300),

@@ -14,8 +14,8 @@
 //! The secret key never appears in a response, a log line or `Debug` output.
 //!
 //! Run it alone with `scp-auth-proxy emulator` (with no key it generates throwaway credentials:
-//! [`standalone_options`], [`Standalone::env_lines`]), or in-process for `--profile dev` with
-//! [`start_dev`].
+//! [`Standalone::env_lines`]), or in-process for `--profile dev`; the wiring for both is in
+//! the command layer (`crate::cmd`), so this module needs nothing of the proxy's stack.
 
 pub mod images;
 pub mod response;
@@ -43,10 +43,9 @@ use zeroize::Zeroizing;
 
 use crate::body::Body;
 use crate::catalog::Date;
-use crate::config::{Config, ServerConfig};
-use crate::credentials::{self, Credentials, CredentialsError, SECRET_ENV};
+use crate::config::ServerConfig;
+use crate::credentials::{self, CredentialsError};
 use crate::signer::SigningKey;
-use crate::{Running, StartError};
 
 use self::images::Images;
 use self::response::ScpError;
@@ -291,41 +290,6 @@ pub struct Standalone {
     pub generated: bool,
 }
 
-/// Builds the standalone emulator's options from `scp-auth-proxy emulator` flags.
-/// `--secret-key-file` wins over `secret_env` (the value of `SCP_SECRET_KEY`), as flags win
-/// over the environment everywhere else. With neither, a throwaway secret is generated, and so
-/// are the access key and account id unless given: the emulator starts with no setup at all.
-pub fn standalone_options(
-    args: &crate::cli::EmulatorArgs,
-    secret_env: Option<&str>,
-) -> Result<Standalone, EmulatorError> {
-    let random = |bytes| random_hex(bytes).map_err(EmulatorError::Random);
-    let (secret, generated) = match (&args.secret_key_file, secret_env) {
-        (Some(path), _) => (SecretSource::File(path.clone()), false),
-        (None, Some(v)) => {
-            let origin = format!("the {SECRET_ENV} environment variable");
-            let secret = credentials::clean("secret key", &origin, v.as_bytes())?;
-            (SecretSource::memory(secret), false)
-        }
-        (None, None) => (SecretSource::memory(random(32)?.into_bytes()), true),
-    };
-    let access_key = match (&args.access_key, generated) {
-        (Some(k), _) => k.clone(),
-        (None, false) => DEFAULT_ACCESS_KEY.to_owned(),
-        (None, true) => format!("emu-{}", random(8)?),
-    };
-    let account_id = match (&args.account_id, generated) {
-        (Some(a), _) => a.clone(),
-        (None, false) => String::new(),
-        // A letter first, so that no reader of the env line takes it for a number.
-        (None, true) => format!("a{}", &random(16)?[1..]),
-    };
-    let mut opts = EmulatorOptions::new(access_key, secret);
-    opts.account_id = account_id;
-    opts.import_delay = args.import_delay;
-    Ok(Standalone { opts, generated })
-}
-
 impl Standalone {
     /// What `scp-auth-proxy emulator` prints on stdout once it listens at `url`: `KEY=value`
     /// lines a shell (`set -a; . ./emulator.env`), `docker --env-file` or systemd's
@@ -355,76 +319,6 @@ impl Standalone {
              SCP_PROXY_SERVICES__VIRTUALSERVER__UPSTREAM={url}\n"
         ))
     }
-}
-
-// ---------------------------------------------------------------- dev profile
-
-/// Why `--profile dev` could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum DevStartError {
-    #[error("emulator.listen = {0}: the in-process emulator accepts a throwaway key and must listen on loopback (e.g. 127.0.0.1:0)")]
-    NotLoopback(SocketAddr),
-    #[error("cannot make throwaway credentials from /dev/urandom: {0}")]
-    Random(#[source] std::io::Error),
-    #[error("cannot listen on {addr} (emulator.listen): {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Emulator(#[from] EmulatorError),
-    #[error("cannot point the services at the emulator: {0}")]
-    Redirect(String),
-    #[error(transparent)]
-    Credentials(#[from] CredentialsError),
-    #[error(transparent)]
-    Start(#[from] StartError),
-}
-
-/// Starts the emulator in-process on `config.emulator.listen` with throwaway credentials, points
-/// every service at it, and starts the proxy with the same credentials, held in memory only.
-/// No secret file or variable is read: the credential checks of a real profile do not apply.
-pub async fn start_dev(mut config: Config) -> Result<(Running, EmulatorHandle), DevStartError> {
-    let listen = config.emulator.listen;
-    if !listen.ip().is_loopback() {
-        return Err(DevStartError::NotLoopback(listen));
-    }
-    let access_key = format!("dev-{}", random_hex(8).map_err(DevStartError::Random)?);
-    let secret = Zeroizing::new(random_hex(32).map_err(DevStartError::Random)?);
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| DevStartError::Bind {
-            addr: listen,
-            source,
-        })?;
-    let mut opts = EmulatorOptions::new(
-        access_key.clone(),
-        SecretSource::memory(secret.as_bytes().to_vec()),
-    );
-    opts.account_id = config.credentials.account_id.clone();
-    opts.import_delay = config.emulator.import_delay;
-    if let Some(region) = config.services.iter().find_map(|s| s.region.clone()) {
-        opts.region = region;
-    }
-    let emulator = spawn(listener, opts).await?;
-    config
-        .redirect_upstreams(&emulator.base_url())
-        .map_err(DevStartError::Redirect)?;
-    let creds = Credentials::from_parts(
-        &access_key,
-        secret.as_bytes(),
-        &config.credentials.account_id,
-        &config.credentials.client_type,
-        "the in-process emulator's throwaway key",
-    )?;
-    let running = crate::start(config, creds).await?;
-    tracing::info!(
-        emulator = %emulator.base_url(),
-        proxy = %format!("http://{}", running.addr),
-        "dev profile: every service goes to the in-process SCP emulator, with throwaway credentials"
-    );
-    Ok((running, emulator))
 }
 
 /// `bytes` random bytes from /dev/urandom, as lower-case hex.

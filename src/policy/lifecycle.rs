@@ -2,13 +2,23 @@
 //! list) says about each service's pinned `api_version`, as pure functions of a given day.
 //!
 //! Used by `check-config` (errors fail it unless the service sets
-//! `allow_unsupported_version = true`), by serving (logged at start and hourly, and the days-left
-//! metric) and by `versions`.
-
-use std::time::Duration;
+//! `allow_unsupported_version = true`), by serving (`crate::monitor` logs them at start and
+//! hourly, and sets the days-left metric) and by `versions`. Pure: reading the live list and
+//! the hourly loop live in `crate::monitor`.
 
 use crate::catalog::{self, Date, Status};
-use crate::config::ServiceConfig;
+
+/// A service's pin as the lifecycle checks see it (`services.NAME`; see
+/// `ServiceConfig::pin`), so this module needs nothing from the configuration's types.
+#[derive(Clone, Copy, Debug)]
+pub struct Pin<'a> {
+    pub service: &'a str,
+    pub version: &'a str,
+    /// `allow_unsupported_version`: an unsupported pin does not fail `check-config`.
+    pub waived: bool,
+    /// The upstream's `scheme://authority`, for messages.
+    pub upstream: &'a str,
+}
 
 /// A pin within this many days of its last supported day is warned about.
 pub const WARN_DAYS: i64 = 90;
@@ -65,17 +75,17 @@ fn known_list(service: &str) -> String {
 }
 
 /// Assesses `svc`'s pin against the built-in catalog on `today` (UTC).
-pub fn assess(svc: &ServiceConfig, today: Date) -> Assessment {
-    let name = svc.name.as_str();
-    let pin = svc.api_version.as_str();
+pub fn assess(svc: Pin<'_>, today: Date) -> Assessment {
+    let name = svc.service;
+    let pin = svc.version;
     let finding = |severity: Severity, kind: &'static str, message: String| Finding {
         service: name.to_owned(),
         severity,
         kind,
         message,
-        blocks_deploy: severity == Severity::Error && !svc.allow_unsupported_version,
+        blocks_deploy: severity == Severity::Error && !svc.waived,
     };
-    let waiver = if svc.allow_unsupported_version {
+    let waiver = if svc.waived {
         " (allowed by services.NAME.allow_unsupported_version = true)".replace("NAME", name)
     } else {
         format!(
@@ -180,13 +190,13 @@ pub fn catalog_table(today: Date, pins: &[(&str, &str)]) -> String {
 }
 
 /// A live version list as lines.
-pub fn live_table(svc: &ServiceConfig, live: &[LiveVersion]) -> String {
+pub fn live_table(svc: Pin<'_>, live: &[LiveVersion]) -> String {
     use std::fmt::Write as _;
-    let mut o = format!("# {} live versions at {}/\n", svc.name, svc.upstream.base);
+    let mut o = format!("# {} live versions at {}/\n", svc.service, svc.upstream);
     for l in live {
         let line = format!(
             "{:<16} {:<8} {:<11} {}",
-            svc.name,
+            svc.service,
             l.id,
             l.status,
             l.not_before.as_deref().unwrap_or("-")
@@ -197,12 +207,6 @@ pub fn live_table(svc: &ServiceConfig, live: &[LiveVersion]) -> String {
 }
 
 // ---------------------------------------------------------------- the live version list
-
-/// How long the live version check may take.
-pub const LIVE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Largest version-list body read.
-const LIVE_MAX_BODY: usize = 256 * 1024;
 
 /// One entry of a service's live version list (`GET /` on the service root).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -228,8 +232,8 @@ pub fn parse_live(body: &[u8]) -> Result<Vec<LiveVersion>, String> {
 }
 
 /// Where the live list disagrees with the catalog or the pin. All warnings.
-pub fn compare_live(svc: &ServiceConfig, live: &[LiveVersion]) -> Vec<Finding> {
-    let name = svc.name.as_str();
+pub fn compare_live(svc: Pin<'_>, live: &[LiveVersion]) -> Vec<Finding> {
+    let name = svc.service;
     let warn = |kind: &'static str, message: String| Finding {
         service: name.to_owned(),
         severity: Severity::Warn,
@@ -239,13 +243,13 @@ pub fn compare_live(svc: &ServiceConfig, live: &[LiveVersion]) -> Vec<Finding> {
     };
     let strip = |id: &str| id.strip_prefix('v').unwrap_or(id).to_owned();
     let mut out = Vec::new();
-    match live.iter().find(|l| strip(&l.id) == svc.api_version) {
+    match live.iter().find(|l| strip(&l.id) == svc.version) {
         None => out.push(warn(
             "live_pin_missing",
             format!(
                 "{} does not list {name} {} among its versions ({}); requests may be refused",
-                svc.upstream.base,
-                svc.api_version,
+                svc.upstream,
+                svc.version,
                 live.iter()
                     .map(|l| format!("{} {}", l.id, l.status))
                     .collect::<Vec<_>>()
@@ -256,7 +260,7 @@ pub fn compare_live(svc: &ServiceConfig, live: &[LiveVersion]) -> Vec<Finding> {
             "live_pin_planned",
             format!(
                 "{} lists the pinned {name} {} as PLANNED (not callable yet)",
-                svc.upstream.base, l.id
+                svc.upstream, l.id
             ),
         )),
         Some(_) => {}
@@ -268,7 +272,7 @@ pub fn compare_live(svc: &ServiceConfig, live: &[LiveVersion]) -> Vec<Finding> {
                 "live_unknown_version",
                 format!(
                     "{} lists {name} {} ({}) which the built-in catalog does not know; a newer proxy may know it",
-                    svc.upstream.base, l.id, l.status
+                    svc.upstream, l.id, l.status
                 ),
             )),
             Some(c) => {
@@ -277,7 +281,7 @@ pub fn compare_live(svc: &ServiceConfig, live: &[LiveVersion]) -> Vec<Finding> {
                         "live_status_differs",
                         format!(
                             "{} says {name} {} is {}, the built-in catalog says {}",
-                            svc.upstream.base,
+                            svc.upstream,
                             l.id,
                             l.status,
                             c.status.as_str()
@@ -291,7 +295,7 @@ pub fn compare_live(svc: &ServiceConfig, live: &[LiveVersion]) -> Vec<Finding> {
                             "live_date_differs",
                             format!(
                                 "{} says {name} {} is supported until {live_day}, the built-in catalog says {cat_day}",
-                                svc.upstream.base, l.id
+                                svc.upstream, l.id
                             ),
                         ));
                     }
@@ -305,7 +309,7 @@ pub fn compare_live(svc: &ServiceConfig, live: &[LiveVersion]) -> Vec<Finding> {
                 "live_version_missing",
                 format!(
                     "{} does not list {name} {} ({} in the built-in catalog)",
-                    svc.upstream.base,
+                    svc.upstream,
                     c.version,
                     c.status.as_str()
                 ),
@@ -315,148 +319,16 @@ pub fn compare_live(svc: &ServiceConfig, live: &[LiveVersion]) -> Vec<Finding> {
     out
 }
 
-/// Reads `svc`'s live version list: unsigned `GET /` on the service root, within `timeout`,
-/// through the same egress (and CA file) as forwarded requests.
-pub async fn fetch_live(
-    svc: &ServiceConfig,
-    egress: &crate::forward::Egress,
-    timeout: Duration,
-) -> Result<Vec<LiveVersion>, String> {
-    use http_body_util::{BodyExt, Limited};
-
-    let client = crate::forward::client_for(svc, egress).map_err(|e| e.to_string())?;
-    let req = http::Request::get(format!("{}/", svc.upstream.base))
-        .header(http::header::ACCEPT, "application/json")
-        .body(crate::body::NoTrailers::new(crate::body::empty()))
-        .map_err(|e| e.to_string())?;
-    let work = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("GET {}/ failed: {e}", svc.upstream.base))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), LIVE_MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the version list failed: {e}"))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("GET {}/ answered {status}", svc.upstream.base));
-        }
-        parse_live(&body)
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("GET {}/ took longer than {timeout:?}", svc.upstream.base))?
-}
-
-// ---------------------------------------------------------------- while serving
-
-/// How often an unsupported pin is logged again (and the days-left metric refreshed).
-pub const RELOG_EVERY: Duration = Duration::from_secs(3600);
-
-fn log(f: &Finding) {
-    match f.severity {
-        Severity::Error => {
-            tracing::error!(service = %f.service, kind = f.kind, "api version: {}", f.message)
-        }
-        Severity::Warn => {
-            tracing::warn!(service = %f.service, kind = f.kind, "api version: {}", f.message)
-        }
-    }
-}
-
-/// Assesses every pin on `today`, sets `scp_auth_proxy_api_version_days_left`, and logs the
-/// findings (only errors when `errors_only`). Returns whether any pin is unsupported.
-pub fn report(
-    services: &[ServiceConfig],
-    today: Date,
-    metrics: &crate::metrics::Metrics,
-    errors_only: bool,
-) -> bool {
-    let mut unsupported = false;
-    for svc in services {
-        let a = assess(svc, today);
-        if let Some(d) = a.days_left {
-            metrics
-                .version_days_left
-                .get_or_create(&crate::metrics::ServiceLabel {
-                    service: svc.name.clone(),
-                })
-                .set(d);
-        }
-        unsupported |= a.is_unsupported();
-        for f in &a.findings {
-            if !errors_only || f.severity == Severity::Error {
-                log(f);
-            }
-        }
-    }
-    unsupported
-}
-
-/// The background side of serving: once, each service's live version list is compared with
-/// the catalog (when `check_live`; loopback upstreams, the emulator or a test double, are
-/// skipped); then every hour the days-left metric is refreshed and unsupported pins are logged
-/// again. Start-up never waits for it.
-pub fn spawn_monitor(
-    services: Vec<ServiceConfig>,
-    metrics: crate::metrics::Metrics,
-    egress: crate::forward::Egress,
-    check_live: bool,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if check_live {
-            let checks = services
-                .iter()
-                .filter(|s| !s.upstream.is_loopback())
-                .map(|svc| {
-                    let egress = &egress;
-                    async move {
-                        match fetch_live(svc, egress, LIVE_TIMEOUT).await {
-                            Ok(live) => compare_live(svc, &live).iter().for_each(log),
-                            Err(e) => tracing::warn!(
-                                service = %svc.name,
-                                "api version: could not read the live version list ({e}); set server.check_live_versions = false to skip this check"
-                            ),
-                        }
-                    }
-                });
-            futures_util::future::join_all(checks).await;
-        }
-        let mut tick = tokio::time::interval(RELOG_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate: start-up has just reported.
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            report(
-                &services,
-                Date::of(std::time::SystemTime::now()),
-                &metrics,
-                true,
-            );
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Upstream;
 
-    fn svc(name: &str, pin: &str, allow: bool) -> ServiceConfig {
-        ServiceConfig {
-            name: name.into(),
-            upstream: Upstream::parse("https://virtualserver.kr-west1.e.samsungsdscloud.com")
-                .unwrap(),
-            api_version: pin.into(),
-            region: Some("kr-west1".into()),
-            timeout: Duration::from_secs(1),
-            ca_file: None,
-            allow: None,
-            allow_unsupported_version: allow,
-            retry: Default::default(),
+    fn svc<'a>(name: &'a str, pin: &'a str, allow: bool) -> Pin<'a> {
+        Pin {
+            service: name,
+            version: pin,
+            waived: allow,
+            upstream: "https://virtualserver.kr-west1.e.samsungsdscloud.com",
         }
     }
 
@@ -518,17 +390,17 @@ mod tests {
                 vec![("unknown_version", Severity::Warn, false)],
             ),
         ] {
-            let a = assess(&svc("virtualserver", pin, allow), today);
+            let a = assess(svc("virtualserver", pin, allow), today);
             assert_eq!(a.days_left, days, "{pin} on {today}");
             assert_eq!(kinds(&a), want, "{pin} on {today}");
         }
-        let a = assess(&svc("dns", "1.0", false), d(2026, 6, 1));
+        let a = assess(svc("dns", "1.0", false), d(2026, 6, 1));
         assert_eq!(kinds(&a), vec![("unknown_service", Severity::Warn, false)]);
     }
 
     #[test]
     fn past_date_names_the_date_and_the_newest_version() {
-        let a = assess(&svc("virtualserver", "1.1", false), Date::new(2026, 6, 1));
+        let a = assess(svc("virtualserver", "1.1", false), Date::new(2026, 6, 1));
         let m = &a.findings[0].message;
         assert!(m.contains("2026-05-31") && m.contains("1.3"), "{m}");
         assert!(m.contains("allow_unsupported_version"), "{m}");
@@ -559,7 +431,7 @@ mod tests {
             {"id":"v1.4","status":"PLANNED"}
         ]}"#;
         let live = parse_live(body).unwrap();
-        let f = compare_live(&svc("virtualserver", "1.3", false), &live);
+        let f = compare_live(svc("virtualserver", "1.3", false), &live);
         let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
         assert_eq!(
             kinds,
@@ -573,7 +445,7 @@ mod tests {
         assert!(f
             .iter()
             .all(|f| f.severity == Severity::Warn && !f.blocks_deploy));
-        let f = compare_live(&svc("virtualserver", "1.0", false), &live);
+        let f = compare_live(svc("virtualserver", "1.0", false), &live);
         assert_eq!(f[0].kind, "live_pin_missing");
         assert!(parse_live(b"<html>").is_err());
     }
