@@ -40,7 +40,7 @@ impl Health {
 /// The admin endpoints: `/healthz`, `/readyz`, `/metrics`, and `POST /quitquitquit` when
 /// `server.enable_quit` is set.
 #[derive(Clone)]
-pub struct Admin {
+pub(crate) struct Admin {
     pub health: Arc<Health>,
     pub metrics: Metrics,
     pub credentials: crate::credentials::CredentialStore,
@@ -49,7 +49,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn handle(&self, req: &Request<Incoming>) -> Response<crate::body::Body> {
+    pub(crate) fn handle(&self, req: &Request<Incoming>) -> Response<crate::body::Body> {
         let text = |status: StatusCode, body: String, ctype: &'static str| {
             let mut r = Response::new(http_body_util::Either::Right(Full::new(Bytes::from(body))));
             *r.status_mut() = status;

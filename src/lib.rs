@@ -3,7 +3,7 @@
 //! [`start`] runs the real data plane and admin listener in-process; `main.rs` only parses the
 //! command line, loads configuration and waits for signals.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod body;
 pub mod catalog;
@@ -19,12 +19,12 @@ pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod policy;
-pub mod reload;
-pub mod route;
-pub mod server;
+pub(crate) mod reload;
+pub(crate) mod route;
+pub(crate) mod server;
 pub mod signer;
 pub mod target;
-pub mod wait;
+pub(crate) mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 /// Everything a reload needs, captured at start.
 #[derive(Clone)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     pub source: Source,
     pub overrides: Overrides,
     /// The value of `SCP_SECRET_KEY` at start (the environment cannot change later).
@@ -45,7 +45,7 @@ impl std::fmt::Debug for Reloader {
 }
 
 /// The parts of a configuration a reload cannot apply (listeners, routes, services).
-pub fn restart_only(cfg: &config::Config) -> String {
+pub(crate) fn restart_only(cfg: &config::Config) -> String {
     format!(
         "{:?} {:?} {:?} {:?}",
         cfg.server, cfg.routing, cfg.services, cfg.emulator
@@ -54,14 +54,14 @@ pub fn restart_only(cfg: &config::Config) -> String {
 
 /// What identifies a file's current content without reading it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileStamp {
+pub(crate) struct FileStamp {
     resolved: Option<PathBuf>,
     len: u64,
     modified: Option<SystemTime>,
 }
 
 impl FileStamp {
-    pub fn of(path: &std::path::Path) -> Option<Self> {
+    pub(crate) fn of(path: &std::path::Path) -> Option<Self> {
         let meta = std::fs::metadata(path).ok()?;
         Some(Self {
             resolved: std::fs::canonicalize(path).ok(),
@@ -73,7 +73,7 @@ impl FileStamp {
 
 impl Reloader {
     /// Re-reads configuration and the key pair; swaps them in only when both are valid.
-    pub fn reload(&self, why: &str) -> Result<(), ConfigError> {
+    pub(crate) fn reload(&self, why: &str) -> Result<(), ConfigError> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|e| e.into_inner());
         let result = config::load(&self.source, &self.overrides).and_then(|cfg| {
             if restart_only(&cfg) != self.running {
@@ -128,7 +128,7 @@ impl Reloader {
     }
 
     /// Polls the key files every `every` and reloads when one changes. Runs until dropped.
-    pub async fn watch_files(self, every: Duration) {
+    pub(crate) async fn watch_files(self, every: Duration) {
         let mut files = self.watched();
         let mut stamps: Vec<_> = files.iter().map(|f| FileStamp::of(f)).collect();
         let mut tick = tokio::time::interval(every);
@@ -155,7 +155,11 @@ impl Reloader {
 
 /// Reloads on every signal `hup` receives (SIGHUP, installed by the caller before start) and,
 /// unless `watch_interval` is zero, when a key file changes, until the process exits.
-pub fn spawn(reloader: Reloader, watch_interval: Duration, mut hup: tokio::signal::unix::Signal) {
+pub(crate) fn spawn(
+    reloader: Reloader,
+    watch_interval: Duration,
+    mut hup: tokio::signal::unix::Signal,
+) {
     if !watch_interval.is_zero() {
         tokio::spawn(reloader.clone().watch_files(watch_interval));
     }

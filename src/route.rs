@@ -37,7 +37,7 @@ pub trait Destination {
 
 /// Returns a `'static` copy of `name`, reusing an earlier one so repeated starts (tests, config
 /// reloads) do not grow memory.
-pub fn intern(name: &str) -> &'static str {
+pub(crate) fn intern(name: &str) -> &'static str {
     use std::sync::{Mutex, OnceLock};
     static NAMES: OnceLock<Mutex<Vec<&'static str>>> = OnceLock::new();
     let mut names = NAMES
@@ -238,7 +238,7 @@ impl<T, B> Routed<T, B> {
 
 /// Routes each request and rewrites its URI to the upstream's absolute URI.
 #[derive(Debug)]
-pub struct RouteLayer<T> {
+pub(crate) struct RouteLayer<T> {
     routes: Routes<T>,
 }
 
@@ -251,7 +251,7 @@ impl<T> Clone for RouteLayer<T> {
 }
 
 impl<T> RouteLayer<T> {
-    pub fn new(routes: Routes<T>) -> Self {
+    pub(crate) fn new(routes: Routes<T>) -> Self {
         Self { routes }
     }
 }
@@ -267,7 +267,7 @@ impl<S, T> Layer<S> for RouteLayer<T> {
 }
 
 #[derive(Debug)]
-pub struct Route<S, T> {
+pub(crate) struct Route<S, T> {
     routes: Routes<T>,
     inner: S,
 }

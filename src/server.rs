@@ -64,7 +64,7 @@ fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// connection to close once its in-flight requests are answered, and waits up to `grace` for
 /// them. Returns whether every connection finished in time. A connection with no bytes read
 /// or written for `server.idle_timeout` is closed the same graceful way.
-pub async fn serve<S>(
+pub(crate) async fn serve<S>(
     listener: TcpListener,
     service: S,
     cfg: &ServerConfig,

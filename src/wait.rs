@@ -12,9 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Pause between attempts.
-pub const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 /// Longest one attempt may take (connect, send, read the status line).
-pub const ATTEMPT: Duration = Duration::from_secs(1);
+pub(crate) const ATTEMPT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -28,7 +28,7 @@ pub enum WaitError {
 
 /// Where to reach an admin listener that listens on `addr`: an unspecified address
 /// (`0.0.0.0`, `[::]`) is reached on loopback.
-pub fn reachable(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn reachable(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         let ip: std::net::IpAddr = if addr.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -42,7 +42,10 @@ pub fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Polls `admin`'s `/readyz` until it answers 200 or `timeout` passes; returns how long it took.
-pub async fn until_ready(admin: SocketAddr, timeout: Duration) -> Result<Duration, WaitError> {
+pub(crate) async fn until_ready(
+    admin: SocketAddr,
+    timeout: Duration,
+) -> Result<Duration, WaitError> {
     let started = Instant::now();
     let deadline = started + timeout;
     let mut last = String::from("no attempt made");

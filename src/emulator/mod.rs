@@ -18,9 +18,9 @@
 //! the command layer (`crate::cmd`), so this module needs nothing of the proxy's stack.
 
 pub mod images;
-pub mod response;
-pub mod verify;
-pub mod versions;
+pub(crate) mod response;
+pub(crate) mod verify;
+pub(crate) mod versions;
 
 use std::borrow::Cow;
 use std::convert::Infallible;

@@ -64,7 +64,7 @@ impl ScpError {
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(body::full(value.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -75,7 +75,7 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
 }
 
 /// A response with no body (202 for an accepted import, 204 for a delete).
-pub fn empty(status: StatusCode) -> Response<Body> {
+pub(crate) fn empty(status: StatusCode) -> Response<Body> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = status;
     resp

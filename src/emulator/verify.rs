@@ -18,16 +18,16 @@ use http::{header, HeaderMap, HeaderName, Method, StatusCode, Uri};
 use super::response::ScpError;
 use crate::signer::{timestamp_ms, SignInput, SigningKey};
 
-pub const SCP_ACCESSKEY: HeaderName = HeaderName::from_static("scp-accesskey");
-pub const SCP_TIMESTAMP: HeaderName = HeaderName::from_static("scp-timestamp");
-pub const SCP_SIGNATURE: HeaderName = HeaderName::from_static("scp-signature");
-pub const SCP_CLIENTTYPE: HeaderName = HeaderName::from_static("scp-clienttype");
-pub const SCP_ACCOUNTID: HeaderName = HeaderName::from_static("scp-accountid");
+pub(crate) const SCP_ACCESSKEY: HeaderName = HeaderName::from_static("scp-accesskey");
+pub(crate) const SCP_TIMESTAMP: HeaderName = HeaderName::from_static("scp-timestamp");
+pub(crate) const SCP_SIGNATURE: HeaderName = HeaderName::from_static("scp-signature");
+pub(crate) const SCP_CLIENTTYPE: HeaderName = HeaderName::from_static("scp-clienttype");
+pub(crate) const SCP_ACCOUNTID: HeaderName = HeaderName::from_static("scp-accountid");
 
 /// What one request is checked against. Borrowed, so a reload can swap the key between
 /// requests without a lock held across one.
 #[derive(Clone, Copy, Debug)]
-pub struct Verifier<'a> {
+pub(crate) struct Verifier<'a> {
     /// `http` for the emulator as it serves; `https` to check vectors signed for the cloud.
     pub scheme: &'a str,
     pub access_key: &'a str,
@@ -39,7 +39,7 @@ pub struct Verifier<'a> {
 
 /// Why a request was not authenticated. Every variant becomes a 401.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// Required headers that were not sent, by their SCP names.
     MissingHeaders(Vec<&'static str>),
     DuplicateHeader(&'static str),
@@ -68,7 +68,7 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             AuthError::MissingHeaders(_) => "Authentication.MissingHeader",
             AuthError::DuplicateHeader(_)
@@ -82,7 +82,7 @@ impl AuthError {
         }
     }
 
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             AuthError::MissingHeaders(names) => format!(
                 "missing required header(s): {}; every request except GET / must be signed \
@@ -132,7 +132,7 @@ impl AuthError {
         }
     }
 
-    pub fn to_error(&self) -> ScpError {
+    pub(crate) fn to_error(&self) -> ScpError {
         ScpError::new(
             StatusCode::UNAUTHORIZED,
             self.code(),
@@ -161,7 +161,7 @@ fn one<'h>(
 
 impl Verifier<'_> {
     /// Checks one request as received. `now` is the emulator's clock.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         method: &Method,
         uri: &Uri,

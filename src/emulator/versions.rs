@@ -11,11 +11,11 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use super::response::ScpError;
 use crate::catalog::{self, Date, Status};
 
-pub const SCP_API_VERSION: HeaderName = HeaderName::from_static("scp-api-version");
+pub(crate) const SCP_API_VERSION: HeaderName = HeaderName::from_static("scp-api-version");
 
 /// Why a request's `Scp-Api-Version` is not acceptable (406).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VersionError {
+pub(crate) enum VersionError {
     Malformed { sent: String },
     OtherService { sent: String, service: &'static str },
     Unknown { sent: String, known: String },
@@ -24,7 +24,7 @@ pub enum VersionError {
 }
 
 impl VersionError {
-    pub fn to_error(&self) -> ScpError {
+    pub(crate) fn to_error(&self) -> ScpError {
         let detail = match self {
             VersionError::Malformed { sent } => format!(
                 "Scp-Api-Version {sent:?} is not \"<service> <MAJOR.MINOR>\" \
@@ -55,7 +55,11 @@ impl VersionError {
 }
 
 /// Checks the request's `Scp-Api-Version` for an endpoint of `service` on `today`.
-pub fn check(headers: &HeaderMap, service: &'static str, today: Date) -> Result<(), VersionError> {
+pub(crate) fn check(
+    headers: &HeaderMap,
+    service: &'static str,
+    today: Date,
+) -> Result<(), VersionError> {
     let mut all = headers.get_all(&SCP_API_VERSION).iter();
     let value = match (all.next(), all.next()) {
         (None, _) => return Ok(()),
@@ -97,7 +101,7 @@ pub fn check(headers: &HeaderMap, service: &'static str, today: Date) -> Result<
 
 /// The unsigned `GET /` answer: `{"versions":[{"id","status","not_before","links"}]}` for
 /// `service`, newest first. `not_before` is the last supported day (null: none announced).
-pub fn list(service: &str, base_url: &str) -> serde_json::Value {
+pub(crate) fn list(service: &str, base_url: &str) -> serde_json::Value {
     let versions: Vec<serde_json::Value> = catalog::versions_of(service)
         .map(|v| {
             serde_json::json!({

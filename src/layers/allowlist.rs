@@ -21,7 +21,7 @@ use crate::target::RoutedRequest;
 /// The routed target's allowlist ([`crate::target::Target::allowlist`]), built and counted
 /// per service at start.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct OperationAllowlistLayer;
+pub(crate) struct OperationAllowlistLayer;
 
 impl<S> Layer<S> for OperationAllowlistLayer {
     type Service = OperationAllowlist<S>;
@@ -31,7 +31,7 @@ impl<S> Layer<S> for OperationAllowlistLayer {
 }
 
 #[derive(Clone, Debug)]
-pub struct OperationAllowlist<S> {
+pub(crate) struct OperationAllowlist<S> {
     inner: S,
 }
 

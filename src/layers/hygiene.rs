@@ -19,7 +19,7 @@ use crate::target::RoutedRequest;
 static ACCEPT_LANGUAGE_DEFAULT: HeaderValue = HeaderValue::from_static("en-US");
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HeaderHygieneLayer;
+pub(crate) struct HeaderHygieneLayer;
 
 impl<S> Layer<S> for HeaderHygieneLayer {
     type Service = HeaderHygiene<S>;
@@ -29,7 +29,7 @@ impl<S> Layer<S> for HeaderHygieneLayer {
 }
 
 #[derive(Clone, Debug)]
-pub struct HeaderHygiene<S> {
+pub(crate) struct HeaderHygiene<S> {
     inner: S,
 }
 
@@ -86,7 +86,7 @@ where
 
 /// Removes `Connection`, the headers it names, and the standard hop-by-hop headers. One scan
 /// over the (usually few) headers when there is nothing to remove.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|k| is_hop_by_hop(k.as_str())) {
         return;
     }
@@ -115,7 +115,7 @@ fn is_hop_by_hop(n: &str) -> bool {
 /// Removes every credential the client may have sent; the proxy's own are set later. Names
 /// are compared with `_` read as `-`, because some gateways fold `Scp_Signature` into
 /// `Scp-Signature`.
-pub fn strip_client_credentials(headers: &mut HeaderMap) {
+pub(crate) fn strip_client_credentials(headers: &mut HeaderMap) {
     remove_matching(headers, |n| {
         is_credential_name(n) || n.contains('_') && is_credential_name(&n.replace('_', "-"))
     });

@@ -36,7 +36,7 @@ use crate::target::RoutedRequest;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Clone, Debug)]
-pub struct ImageImportLayer {
+pub(crate) struct ImageImportLayer {
     credentials: CredentialStore,
     max_body: usize,
 }
@@ -45,7 +45,7 @@ impl ImageImportLayer {
     /// `credentials`: the store the signer uses, so the account a URL must belong to follows
     /// a reload ("" when none: URLs' accounts are not compared); `max_body`:
     /// `server.max_inspected_body_bytes`.
-    pub fn new(credentials: CredentialStore, max_body: usize) -> Self {
+    pub(crate) fn new(credentials: CredentialStore, max_body: usize) -> Self {
         Self {
             credentials,
             max_body,
@@ -65,7 +65,7 @@ impl<S> Layer<S> for ImageImportLayer {
 }
 
 #[derive(Clone, Debug)]
-pub struct ImageImport<S> {
+pub(crate) struct ImageImport<S> {
     credentials: CredentialStore,
     max_body: usize,
     inner: S,
@@ -129,7 +129,7 @@ where
 }
 
 /// What an inspected request needs once its body is read.
-pub struct Pending<S> {
+pub(crate) struct Pending<S> {
     inner: S,
     head: RoutedRequest<()>,
     op: Operation,

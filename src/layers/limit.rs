@@ -13,13 +13,13 @@ use tower::{Layer, Service};
 use crate::error::ProxyError;
 
 #[derive(Clone, Debug)]
-pub struct ConcurrencyLimitLayer {
+pub(crate) struct ConcurrencyLimitLayer {
     semaphore: Arc<Semaphore>,
     limit: usize,
 }
 
 impl ConcurrencyLimitLayer {
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             semaphore: Arc::new(Semaphore::new(limit)),
             limit,
@@ -39,7 +39,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
 }
 
 #[derive(Clone, Debug)]
-pub struct ConcurrencyLimit<S> {
+pub(crate) struct ConcurrencyLimit<S> {
     semaphore: Arc<Semaphore>,
     limit: usize,
     inner: S,

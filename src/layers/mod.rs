@@ -3,17 +3,17 @@
 //! Layers above routing take `Request<B>`; the per-service layers below it take a
 //! [`RoutedRequest`](crate::target::RoutedRequest), so they cannot be placed above routing.
 
-pub mod allowlist;
+pub(crate) mod allowlist;
 pub mod explain;
-pub mod hygiene;
-pub mod image_import;
-pub mod limit;
+pub(crate) mod hygiene;
+pub(crate) mod image_import;
+pub(crate) mod limit;
 pub mod retry;
 pub mod sign;
 #[cfg(test)]
 pub(crate) mod test_support;
-pub mod trace;
-pub mod version;
+pub(crate) mod trace;
+pub(crate) mod version;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};

@@ -20,15 +20,15 @@ use crate::error::{ErrorCode, ServedBy};
 use crate::forward::UpstreamLatency;
 use crate::metrics::{method_label, CodeLabel, LatencyLabel, Metrics, RequestLabels};
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(Clone, Debug)]
-pub struct TraceLayer {
+pub(crate) struct TraceLayer {
     metrics: Metrics,
 }
 
 impl TraceLayer {
-    pub fn new(metrics: Metrics) -> Self {
+    pub(crate) fn new(metrics: Metrics) -> Self {
         Self { metrics }
     }
 }
@@ -44,7 +44,7 @@ impl<S> Layer<S> for TraceLayer {
 }
 
 #[derive(Clone, Debug)]
-pub struct Trace<S> {
+pub(crate) struct Trace<S> {
     metrics: Metrics,
     inner: S,
 }

@@ -16,10 +16,10 @@ use crate::error::ProxyError;
 use crate::policy::PolicyError;
 use crate::target::RoutedRequest;
 
-pub const SCP_API_VERSION: HeaderName = HeaderName::from_static("scp-api-version");
+pub(crate) const SCP_API_VERSION: HeaderName = HeaderName::from_static("scp-api-version");
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct VersionPinLayer;
+pub(crate) struct VersionPinLayer;
 
 impl<S> Layer<S> for VersionPinLayer {
     type Service = VersionPin<S>;
@@ -29,7 +29,7 @@ impl<S> Layer<S> for VersionPinLayer {
 }
 
 #[derive(Clone, Debug)]
-pub struct VersionPin<S> {
+pub(crate) struct VersionPin<S> {
     inner: S,
 }
 

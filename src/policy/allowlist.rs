@@ -139,7 +139,7 @@ fn matches_segments(pat: &[Seg], path: &[&str]) -> bool {
 }
 
 /// Why a path is refused before matching, on services with an allowlist.
-pub fn non_canonical(path: &str) -> Option<&'static str> {
+pub(crate) fn non_canonical(path: &str) -> Option<&'static str> {
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") {
         return Some("has an encoded '/' or '\\' (%2F, %5C)");

@@ -12,7 +12,7 @@ use super::json::{self, JsonError, Value};
 use super::PolicyError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     /// `POST /v1/images/{image_id}/import`
     Import,
     /// `POST /v1/images`
@@ -20,7 +20,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Operation::Import => "an image import (POST /v1/images/{image_id}/import)",
             Operation::Create => "an image creation (POST /v1/images)",
@@ -76,7 +76,7 @@ fn classify(segs: &[String]) -> Option<Operation> {
 }
 
 /// The inspected operation `method` and the raw upstream `path` name, if any.
-pub fn operation(method: &str, path: &str) -> Option<Operation> {
+pub(crate) fn operation(method: &str, path: &str) -> Option<Operation> {
     if !method.eq_ignore_ascii_case("POST") {
         return None;
     }
@@ -86,7 +86,11 @@ pub fn operation(method: &str, path: &str) -> Option<Operation> {
 /// Checks a whole request body for `op`: a JSON object with no duplicate keys whose `url` is a
 /// string obeying [`image_url::check`] (required for an import, checked when present on a
 /// creation).
-pub fn check_body(op: Operation, body: &[u8], expect: &Expect<'_>) -> Result<(), PolicyError> {
+pub(crate) fn check_body(
+    op: Operation,
+    body: &[u8],
+    expect: &Expect<'_>,
+) -> Result<(), PolicyError> {
     let members = json::scan_object(body).map_err(|e| match e {
         JsonError::NotObject => PolicyError::JsonNotObject,
         JsonError::DuplicateKey { key } => PolicyError::DuplicateKey {

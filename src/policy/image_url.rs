@@ -24,12 +24,12 @@
 //!    characters, alone or before `:`), it is that account (`url_wrong_account`).
 
 /// SCP's documented maximum length of `url`.
-pub const MAX_LEN: usize = 255;
+pub(crate) const MAX_LEN: usize = 255;
 
 /// What the URL is checked against: the routed service's region and env, and the configured
 /// account id. `None` (or an empty account id) means "not known": that part is not compared.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Expect<'a> {
+pub(crate) struct Expect<'a> {
     pub region: Option<&'a str>,
     pub env: Option<&'a str>,
     pub account_id: Option<&'a str>,
@@ -120,7 +120,7 @@ fn first_invalid(raw: &str) -> Option<(usize, String)> {
 }
 
 /// Checks the raw JSON string of an image URL against every rule.
-pub fn check(raw: &str, expect: &Expect<'_>) -> Result<(), UrlError> {
+pub(crate) fn check(raw: &str, expect: &Expect<'_>) -> Result<(), UrlError> {
     let len = raw.chars().count();
     if len > MAX_LEN {
         return Err(UrlError::TooLong { len });
@@ -233,7 +233,7 @@ fn check_host(host: &str, expect: &Expect<'_>) -> Result<(), UrlError> {
 }
 
 /// The account a path's first segment names: 32 hex characters, alone or before `:`.
-pub fn path_account(path: &str) -> Option<&str> {
+pub(crate) fn path_account(path: &str) -> Option<&str> {
     let first = path.strip_prefix('/')?.split('/').next()?;
     let account = first.split_once(':').map_or(first, |(a, _)| a);
     (account.len() == 32 && account.bytes().all(|b| b.is_ascii_hexdigit())).then_some(account)

@@ -8,10 +8,10 @@
 use std::collections::HashSet;
 
 /// Deepest nesting of arrays and objects accepted (serde_json's default limit too).
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum JsonError {
+pub(crate) enum JsonError {
     #[error("{what} at byte {at}")]
     Invalid { at: usize, what: &'static str },
     #[error("nested deeper than {MAX_DEPTH} levels")]
@@ -24,17 +24,17 @@ pub enum JsonError {
 
 /// A top-level member's value, as much as the policies need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Value<'a> {
+pub(crate) enum Value<'a> {
     /// The raw text between the quotes.
     String(&'a str),
     Other(&'static str),
 }
 
 /// The members of a top-level object: decoded key, value.
-pub type Members<'a> = Vec<(String, Value<'a>)>;
+pub(crate) type Members<'a> = Vec<(String, Value<'a>)>;
 
 /// Scans `body` as one JSON object with no duplicate keys at any depth.
-pub fn scan_object(body: &[u8]) -> Result<Members<'_>, JsonError> {
+pub(crate) fn scan_object(body: &[u8]) -> Result<Members<'_>, JsonError> {
     let text = std::str::from_utf8(body).map_err(|e| JsonError::Invalid {
         at: e.valid_up_to(),
         what: "invalid UTF-8",
@@ -58,7 +58,7 @@ pub fn scan_object(body: &[u8]) -> Result<Members<'_>, JsonError> {
 }
 
 /// Looks a member up by its decoded key.
-pub fn get<'m, 'a>(members: &'m Members<'a>, key: &str) -> Option<&'m Value<'a>> {
+pub(crate) fn get<'m, 'a>(members: &'m Members<'a>, key: &str) -> Option<&'m Value<'a>> {
     members.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 

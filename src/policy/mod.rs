@@ -3,12 +3,12 @@
 //! Every module here is pure (no I/O, no clock); the tower layers in `crate::layers` are thin
 //! wrappers that hand them the request's method, path and body.
 
-pub mod allowlist;
-pub mod image_import;
-pub mod image_url;
-pub mod json;
+pub(crate) mod allowlist;
+pub(crate) mod image_import;
+pub(crate) mod image_url;
+pub(crate) mod json;
 pub mod lifecycle;
-pub mod operations;
+pub(crate) mod operations;
 
 pub use image_url::UrlError;
 

@@ -31,12 +31,12 @@ fn rules() -> &'static [(&'static str, Rule)] {
 }
 
 /// Whether the catalog lists any operation for `service`.
-pub fn knows_service(service: &str) -> bool {
+pub(crate) fn knows_service(service: &str) -> bool {
     KNOWN.iter().any(|(s, _)| *s == service)
 }
 
 /// The catalog pattern (`"GET /v1/images/*"`) that `method` and `path` match on `service`.
-pub fn find(service: &str, method: &str, path: &str) -> Option<&'static str> {
+pub(crate) fn find(service: &str, method: &str, path: &str) -> Option<&'static str> {
     rules()
         .iter()
         .find(|(s, r)| *s == service && r.matches(method, path))
@@ -44,7 +44,7 @@ pub fn find(service: &str, method: &str, path: &str) -> Option<&'static str> {
 }
 
 /// The catalog's patterns for `service`, for messages.
-pub fn list(service: &str) -> Vec<&'static str> {
+pub(crate) fn list(service: &str) -> Vec<&'static str> {
     KNOWN
         .iter()
         .filter(|(s, _)| *s == service)
