@@ -23,6 +23,7 @@ use crate::credentials::CredentialStore;
 use crate::error::{ProxyError, RescueLayer};
 use crate::forward::{Egress, Forward};
 use crate::layers::allowlist::OperationAllowlistLayer;
+use crate::layers::audit::{AuditLayer, Sink};
 use crate::layers::explain::ExplainLayer;
 use crate::layers::hygiene::HeaderHygieneLayer;
 use crate::layers::image_import::ImageImportLayer;
@@ -30,6 +31,7 @@ use crate::layers::limit::ConcurrencyLimitLayer;
 use crate::layers::retry::RetryLayer;
 use crate::layers::sign::SignLayer;
 use crate::layers::trace::TraceLayer;
+use crate::layers::tracecontext::TraceContextLayer;
 use crate::layers::version::VersionPinLayer;
 use crate::layers::ReqBody;
 use crate::metrics::Metrics;
@@ -48,6 +50,8 @@ pub struct ProxyParts {
     pub max_concurrent_requests: usize,
     /// `server.max_inspected_body_bytes`: the most an image import body may be.
     pub max_inspected_body_bytes: usize,
+    /// Where audit records go (`[audit] file`, else the log).
+    pub(crate) audit: Sink,
 }
 
 impl ProxyParts {
@@ -64,6 +68,8 @@ impl ProxyParts {
             metrics,
             max_concurrent_requests: config.server.max_concurrent_requests,
             max_inspected_body_bytes: config.server.max_inspected_body_bytes,
+            // The file, when configured, is opened by `start` (an I/O error is not a service's).
+            audit: Sink::Log,
         })
     }
 }
@@ -98,6 +104,14 @@ where
         // Outermost: request id and the one log line and metrics for every answer, the
         // proxy's own rejections included.
         .layer(TraceLayer::new(parts.metrics.clone()))
+        // Trace context before anything is logged: the access and audit lines carry its id.
+        .layer(TraceContextLayer)
+        // One audit record per answer, the proxy's own refusals included (so above Rescue).
+        .layer(AuditLayer::new(
+            parts.routes.clone(),
+            parts.credentials.clone(),
+            parts.audit.clone(),
+        ))
         // Every error below becomes a JSON response here, named by its service when routing
         // had chosen one (the name travels in the error).
         .layer(RescueLayer)

@@ -75,6 +75,16 @@ struct RawConfig {
     services: BTreeMap<String, RawService>,
     #[serde(default)]
     emulator: EmulatorConfig,
+    #[serde(default)]
+    audit: AuditConfig,
+}
+
+/// `[audit]`: where the per-request audit records go.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Append records as JSON lines to this file instead of the log (target `audit`).
+    pub file: Option<PathBuf>,
 }
 
 /// `[server]`
@@ -260,6 +270,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub services: Vec<ServiceConfig>,
     pub emulator: EmulatorConfig,
+    pub audit: AuditConfig,
     /// Human-readable list of the files that were read, for messages.
     pub sources: Vec<PathBuf>,
 }
@@ -488,6 +499,7 @@ fn is_known_key(key: &str) -> bool {
         ),
         ("routing", &["default_service"]),
         ("emulator", &["in_process", "listen", "import_delay"]),
+        ("audit", &["file"]),
     ];
     const SERVICE_KEYS: &[&str] = &[
         "upstream",
@@ -736,6 +748,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         routing: raw.routing,
         services,
         emulator: raw.emulator,
+        audit: raw.audit,
         sources,
     })
 }
@@ -905,6 +918,9 @@ impl Config {
         }
         if self.emulator.in_process {
             let _ = writeln!(o, "\n[emulator]\nin_process = true");
+        }
+        if let Some(f) = &self.audit.file {
+            let _ = writeln!(o, "\n[audit]\nfile = \"{}\"", f.display());
         }
         o
     }

@@ -49,6 +49,12 @@ pub enum StartError {
     },
     #[error(transparent)]
     Services(#[from] target::TargetError),
+    #[error("audit.file {}: cannot open for appending: {source}", path.display())]
+    AuditFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("services.{service}.upstream {upstream} is this proxy's own {key} ({listen}): every request would loop back into the proxy; point it at the SCP endpoint")]
     Loop {
         service: String,
@@ -167,7 +173,13 @@ pub async fn start_with_egress(
         &metrics,
         false,
     );
-    let parts = app::ProxyParts::new(&config, store.clone(), metrics.clone(), &egress)?;
+    let mut parts = app::ProxyParts::new(&config, store.clone(), metrics.clone(), &egress)?;
+    if let Some(path) = &config.audit.file {
+        parts.audit = layers::audit::Sink::file(path).map_err(|source| StartError::AuditFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let service = app::proxy_service(&parts);
     let listener = bind(config.server.listen, "server.listen").await?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;

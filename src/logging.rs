@@ -100,6 +100,7 @@ pub struct AccessLine<'a> {
     pub upstream: Option<Duration>,
     pub total: Duration,
     pub error_code: Option<&'static str>,
+    pub trace_id: Option<crate::layers::tracecontext::TraceId>,
 }
 
 /// Writes `line` straight into the log buffer, as tracing's formatter would have written the
@@ -131,6 +132,32 @@ pub fn write_access(line: &AccessLine<'_>) -> bool {
     })
 }
 
+/// Writes `fields` (a struct serialised as a JSON object) as one INFO event of `target` in
+/// the JSON log's layout (`timestamp`, `level`, the fields, `target`), straight into the log
+/// buffer. False when the JSON log's fast path is not installed: the caller logs through
+/// `tracing` (which the caller's `tracing::enabled!` check has already filtered).
+pub fn write_json_event(target: &str, fields: &impl serde::Serialize) -> bool {
+    let Some((sink, LogFormat::Json)) = ACCESS.get() else {
+        return false;
+    };
+    let Ok(obj) = serde_json::to_vec(fields) else {
+        return false;
+    };
+    let mut out = Vec::with_capacity(obj.len() + 96);
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(&mut out, SystemTime::now());
+    out.extend_from_slice(b"\",\"level\":\"INFO\"");
+    if obj.len() > 2 {
+        out.push(b',');
+        out.extend_from_slice(&obj[1..obj.len() - 1]);
+    }
+    out.extend_from_slice(b",\"target\":");
+    json_str(&mut out, target);
+    out.extend_from_slice(b"}\n");
+    let _ = sink.lock().write_all(&out);
+    true
+}
+
 /// `2026-12-01T21:16:21.566413Z  INFO access: request_id=.. method=GET service="vs" ..`
 fn format_text(out: &mut Vec<u8>, now: SystemTime, l: &AccessLine<'_>) {
     timestamp(out, now);
@@ -153,6 +180,10 @@ fn format_text(out: &mut Vec<u8>, now: SystemTime, l: &AccessLine<'_>) {
     if let Some(c) = l.error_code {
         out.extend_from_slice(b" error_code=");
         debug_str(out, c);
+    }
+    if let Some(t) = &l.trace_id {
+        out.extend_from_slice(b" trace_id=");
+        t.write_hex(out);
     }
     out.push(b'\n');
 }
@@ -180,6 +211,11 @@ fn format_json(out: &mut Vec<u8>, now: SystemTime, l: &AccessLine<'_>) {
     if let Some(c) = l.error_code {
         out.extend_from_slice(b",\"error_code\":");
         json_str(out, c);
+    }
+    if let Some(t) = &l.trace_id {
+        out.extend_from_slice(b",\"trace_id\":\"");
+        t.write_hex(out);
+        out.push(b'"');
     }
     out.extend_from_slice(b",\"target\":\"access\"}\n");
 }
@@ -324,6 +360,7 @@ mod tests {
             upstream: Some(Duration::from_micros(532)),
             total: Duration::from_micros(1_500_007),
             error_code: None,
+            trace_id: None,
         }
     }
 
@@ -369,6 +406,7 @@ mod tests {
     fn json_line_parses_with_every_field() {
         let mut l = line("/v1/\"q\"\t", b"id-1");
         l.error_code = Some("upstream_timeout");
+        l.trace_id = Some(crate::layers::tracecontext::TraceId([0xab; 16]));
         let mut out = Vec::new();
         format_json(&mut out, at(), &l);
         assert_eq!(out.last(), Some(&b'\n'));
@@ -384,6 +422,7 @@ mod tests {
         assert_eq!(v["upstream_ms"], 0.532);
         assert_eq!(v["total_ms"], 1500.007);
         assert_eq!(v["error_code"], "upstream_timeout");
+        assert_eq!(v["trace_id"], "ab".repeat(16));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! [`RoutedRequest`](crate::target::RoutedRequest), so they cannot be placed above routing.
 
 pub(crate) mod allowlist;
+pub(crate) mod audit;
 pub mod explain;
 pub(crate) mod hygiene;
 pub(crate) mod image_import;
@@ -13,6 +14,7 @@ pub mod sign;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub(crate) mod trace;
+pub(crate) mod tracecontext;
 pub(crate) mod version;
 
 use bytes::Bytes;

@@ -180,6 +180,10 @@ where
                 upstream: latency,
                 total: state.started.elapsed(),
                 error_code,
+                trace_id: resp
+                    .extensions()
+                    .get::<crate::layers::tracecontext::TraceId>()
+                    .copied(),
             };
             // The logging module formats the line without tracing's field machinery; without
             // it (tests, ANSI terminals) the event goes through tracing as before.
@@ -194,6 +198,7 @@ where
                     upstream_ms = latency.map(|l| l.as_secs_f64() * 1e3),
                     total_ms = line.total.as_secs_f64() * 1e3,
                     error_code,
+                    trace_id = line.trace_id.map(tracing::field::display),
                 );
             }
         }

@@ -1,0 +1,312 @@
+//! The audit record: one structured record per request, on the tracing target `audit` (with
+//! the other logs; a JSON line under `--log-format json`) or, with `[audit] file`, as a JSON
+//! line appended to that file alone.
+//!
+//! Guarantees: exactly one record per answered request, the proxy's own refusals included;
+//! the operation is `METHOD` + the allowlist rule that matched, else the catalog's pattern, so
+//! ids a pattern names never appear (only a path no pattern names is shown as sent); the
+//! record holds the access key id and never the secret or a signature; a failed write to the
+//! audit file is logged (rate-limited by the log itself) and never fails the request. The
+//! schema is [`Record`] (listed in the README).
+
+use std::future::Future;
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderMap, Method, Request, Response, Uri};
+use serde::Serialize;
+use tower::{Layer, Service};
+
+use crate::credentials::CredentialStore;
+use crate::error::{ErrorCode, ServedBy};
+use crate::forward::UpstreamLatency;
+use crate::layers::trace::X_REQUEST_ID;
+use crate::policy::allowlist::Decision;
+use crate::policy::operations;
+use crate::route::Routes;
+use crate::target::Target;
+
+/// Response headers SCP (or a gateway in front of it) names its request id in, first wins.
+const UPSTREAM_ID_HEADERS: &[&str] = &["x-scp-request-id", "x-request-id"];
+
+/// One audit record. Field order is the JSON order.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Record {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub request_id: String,
+    /// W3C trace id (32 hex digits), when the request carried or was given one.
+    pub trace_id: Option<String>,
+    /// `None` when routing refused the request.
+    pub service: Option<String>,
+    /// `METHOD /pattern`, or `METHOD /path` when no pattern names the path.
+    pub operation: String,
+    /// `Scp-Api-Version` sent upstream (`service MAJOR.MINOR`); `None` when nothing was sent.
+    pub api_version: Option<String>,
+    /// `forwarded`, `refused` (the proxy answered 4xx itself) or `failed` (the proxy answered
+    /// 5xx itself: upstream unreachable, timed out, overloaded).
+    pub decision: &'static str,
+    /// The proxy's error code when it answered itself.
+    pub code: Option<&'static str>,
+    /// The status the client got.
+    pub status: u16,
+    /// The `Scp-Proxy-Hint` kind added to an upstream refusal (`clock_skew`, ...).
+    pub hint: Option<&'static str>,
+    /// The upstream's status, when it answered.
+    pub upstream_status: Option<u16>,
+    pub upstream_request_id: Option<String>,
+    pub latency_ms: f64,
+    pub upstream_ms: Option<f64>,
+    /// Body sizes when known up front (Content-Length or held bytes).
+    pub request_bytes: Option<u64>,
+    pub response_bytes: Option<u64>,
+    pub access_key_id: String,
+}
+
+/// Where records go.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    /// A tracing event on target `audit`.
+    Log,
+    /// JSON lines appended to a file (one `write` per record).
+    File {
+        path: Arc<str>,
+        file: Arc<Mutex<std::fs::File>>,
+    },
+}
+
+impl Sink {
+    /// Opens (creating, appending) the audit file; the error names it.
+    pub fn file(path: &std::path::Path) -> Result<Self, std::io::Error> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Sink::File {
+            path: path.display().to_string().into(),
+            file: Arc::new(Mutex::new(file)),
+        })
+    }
+
+    fn enabled(&self) -> bool {
+        match self {
+            Sink::Log => tracing::enabled!(target: "audit", tracing::Level::INFO),
+            Sink::File { .. } => true,
+        }
+    }
+
+    fn write(&self, r: &Record) {
+        match self {
+            // The JSON log's line is formatted straight from the record (no tracing fields).
+            Sink::Log if crate::logging::write_json_event("audit", r) => {}
+            Sink::Log => tracing::info!(
+                target: "audit",
+                time = %r.time,
+                request_id = %r.request_id,
+                trace_id = r.trace_id.as_deref(),
+                service = r.service.as_deref(),
+                operation = %r.operation,
+                api_version = r.api_version.as_deref(),
+                decision = r.decision,
+                code = r.code,
+                status = r.status,
+                hint = r.hint,
+                upstream_status = r.upstream_status,
+                upstream_request_id = r.upstream_request_id.as_deref(),
+                latency_ms = r.latency_ms,
+                upstream_ms = r.upstream_ms,
+                request_bytes = r.request_bytes,
+                response_bytes = r.response_bytes,
+                access_key_id = %r.access_key_id,
+            ),
+            Sink::File { path, file } => {
+                let mut line = serde_json::to_vec(r).unwrap_or_default();
+                line.push(b'\n');
+                let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = f.write_all(&line) {
+                    tracing::error!(file = %path, error = %e, "audit record not written");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AuditLayer {
+    routes: Routes<Target>,
+    store: CredentialStore,
+    sink: Sink,
+}
+
+impl AuditLayer {
+    pub fn new(routes: Routes<Target>, store: CredentialStore, sink: Sink) -> Self {
+        Self {
+            routes,
+            store,
+            sink,
+        }
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Audit<S> {
+    layer: AuditLayer,
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for Audit<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    B: http_body::Body,
+    RB: http_body::Body,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = AuditFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let state = self.layer.sink.enabled().then(|| State {
+            layer: self.layer.clone(),
+            started: Instant::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            request_id: header(req.headers(), X_REQUEST_ID.as_str()),
+            trace_id: req
+                .extensions()
+                .get::<crate::layers::tracecontext::TraceId>()
+                .map(|t| t.to_string()),
+            request_bytes: req.body().size_hint().exact(),
+        });
+        AuditFuture {
+            inner: self.inner.call(req),
+            state,
+        }
+    }
+}
+
+fn header(h: &HeaderMap, name: &str) -> String {
+    h.get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
+struct State {
+    layer: AuditLayer,
+    started: Instant,
+    method: Method,
+    uri: Uri,
+    request_id: String,
+    trace_id: Option<String>,
+    request_bytes: Option<u64>,
+}
+
+impl State {
+    fn record<RB: http_body::Body>(self, resp: &Response<RB>) -> Record {
+        let ext = resp.extensions();
+        let code = ext.get::<ErrorCode>().map(|c| c.0);
+        let target = ext
+            .get::<ServedBy>()
+            .and_then(|s| self.layer.routes.get(s.0));
+        let status = resp.status().as_u16();
+        let (decision, upstream_status) = match code {
+            None => ("forwarded", Some(status)),
+            Some(_) if status < 500 => ("refused", None),
+            Some(_) => ("failed", None),
+        };
+        let forwarded = code.is_none();
+        let method = self.method.as_str();
+        // The path as the service saw it: routing strips a `/{service}` prefix.
+        let path = match self.layer.routes.split(self.uri.path(), None) {
+            Some(s) => s.path,
+            None => self.uri.path(),
+        };
+        let pattern = target.and_then(|t| {
+            let rule = t
+                .allowlist
+                .as_ref()
+                .and_then(|a| match a.list.decide(method, path) {
+                    Decision::Allowed(i) => a.list.rules.get(i).map(|r| r.text.as_str()),
+                    _ => None,
+                });
+            rule.or_else(|| operations::find(t.name(), method, path))
+        });
+        let operation = match pattern {
+            Some(p) => p.to_owned(),
+            None => format!("{method} {path}"),
+        };
+        let upstream_request_id = forwarded
+            .then(|| {
+                UPSTREAM_ID_HEADERS
+                    .iter()
+                    .find_map(|n| resp.headers().get(*n))
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            })
+            .flatten();
+        Record {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            request_id: self.request_id,
+            trace_id: self.trace_id,
+            service: target.map(|t| t.name().to_owned()),
+            operation,
+            api_version: target
+                .filter(|_| forwarded)
+                .map(|t| String::from_utf8_lossy(t.version_header.as_bytes()).into_owned()),
+            decision,
+            code,
+            status,
+            hint: ext.get::<crate::layers::explain::Hinted>().map(|h| h.0),
+            upstream_status,
+            upstream_request_id,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1e3,
+            upstream_ms: ext
+                .get::<UpstreamLatency>()
+                .map(|l| l.0.as_secs_f64() * 1e3),
+            request_bytes: self.request_bytes,
+            response_bytes: resp.body().size_hint().exact(),
+            access_key_id: self.layer.store.current().access_key.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct AuditFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<State>,
+    }
+}
+
+impl<F, RB, E> Future for AuditFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    RB: http_body::Body,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(resp), Some(state)) = (&out, this.state.take()) {
+            let sink = state.layer.sink.clone();
+            sink.write(&state.record(resp));
+        }
+        Poll::Ready(out)
+    }
+}
