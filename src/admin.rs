@@ -18,6 +18,10 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
+/// Connections the admin listener serves at once: probes and a scraper need a handful; the
+/// data plane's descriptor budget reserves room for these.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+
 /// Liveness and readiness, shared by the admin listener and shutdown.
 #[derive(Debug, Default)]
 pub struct Health {

@@ -91,8 +91,17 @@ pub struct AuditConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Data plane. Loopback by default: only the pod (or laptop) itself may send.
-    pub listen: SocketAddr,
+    /// Data plane: `HOST:PORT`, or `unix:/ABSOLUTE/PATH` for a Unix socket. Loopback by
+    /// default: only the pod (or laptop) itself may send.
+    pub listen: ListenAddr,
+    /// Permissions of the Unix socket file (`server.listen = "unix:..."`), octal; default
+    /// "0600" (the proxy's user only).
+    #[serde(with = "octal_mode", skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<u32>,
+    /// Client connections open at once; at the cap, accepting pauses. Default: sized from the
+    /// file-descriptor limit (raised to its hard limit at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin_listen: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -126,7 +135,9 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            socket_mode: None,
+            max_connections: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             shutdown_grace: Duration::from_secs(25),
             shutdown_delay: Duration::ZERO,
@@ -137,6 +148,86 @@ impl Default for ServerConfig {
             max_inspected_body_bytes: 64 * 1024,
             check_live_versions: true,
             enable_quit: false,
+        }
+    }
+}
+
+/// Where the data plane listens: a TCP address, or a Unix socket (`unix:/ABSOLUTE/PATH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// The TCP address, when it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(a) => Some(*a),
+            ListenAddr::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{s:?}: a Unix socket needs an absolute path, e.g. unix:/run/scp-auth-proxy/proxy.sock"
+                ));
+            }
+            return Ok(ListenAddr::Unix(path));
+        }
+        s.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:8080) or unix:/ABSOLUTE/PATH")
+        })
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Octal file modes written as strings ("0660").
+mod octal_mode {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let s = String::deserialize(d)?;
+        match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+            Ok(m) if m <= 0o777 => Ok(Some(m)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{s:?} is not an octal file mode such as \"0660\""
+            ))),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(m) => s.serialize_str(&format!("{m:04o}")),
+            None => s.serialize_none(),
         }
     }
 }
@@ -194,6 +285,10 @@ struct RawService {
     allow_unsupported_version: bool,
     #[serde(default)]
     retry: RetryConfig,
+    #[serde(default = "default_body_idle_timeout", with = "duration")]
+    body_idle_timeout: Duration,
+    #[serde(default = "default_max_idle_connections")]
+    max_idle_connections: usize,
 }
 
 /// `[services.NAME.retry]`: re-signed retries of failed attempts.
@@ -234,6 +329,14 @@ const MAX_CONCURRENT: usize = 1_000_000;
 
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_body_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_idle_connections() -> usize {
+    32
 }
 
 /// `[emulator]`: the built-in SCP emulator, for the `dev` profile.
@@ -294,7 +397,12 @@ pub struct ServiceConfig {
     pub upstream: Upstream,
     pub api_version: String,
     pub region: Option<String>,
+    /// From the end of the request body to the response headers.
     pub timeout: Duration,
+    /// A request or response body that moves no byte for this long fails.
+    pub body_idle_timeout: Duration,
+    /// Idle pooled connections kept to the upstream.
+    pub max_idle_connections: usize,
     pub ca_file: Option<PathBuf>,
     pub allow: Option<Vec<String>>,
     pub allow_unsupported_version: bool,
@@ -474,6 +582,8 @@ fn is_known_key(key: &str) -> bool {
             "server",
             &[
                 "listen",
+                "socket_mode",
+                "max_connections",
                 "admin_listen",
                 "shutdown_grace",
                 "shutdown_delay",
@@ -510,6 +620,8 @@ fn is_known_key(key: &str) -> bool {
         "allow",
         "allow_unsupported_version",
         "retry",
+        "body_idle_timeout",
+        "max_idle_connections",
     ];
     const RETRY_KEYS: &[&str] = &["max_attempts", "budget_percent", "backoff", "operations"];
     let parts: Vec<&str> = key.split('.').collect();
@@ -595,6 +707,18 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
                 "must be more than 0s and at most 1day".into(),
             ));
         }
+        if s.body_idle_timeout.is_zero() || s.body_idle_timeout > MAX_DURATION {
+            return Err(invalid(
+                &key("body_idle_timeout"),
+                "must be more than 0s and at most 1day".into(),
+            ));
+        }
+        if s.max_idle_connections > MAX_CONCURRENT {
+            return Err(invalid(
+                &key("max_idle_connections"),
+                format!("must be at most {MAX_CONCURRENT}"),
+            ));
+        }
         if let Some(ca) = &s.ca_file {
             require_file(ca).map_err(|e| invalid(&key("ca_file"), e.to_string()))?;
         }
@@ -629,6 +753,8 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             api_version,
             region,
             timeout: s.timeout,
+            body_idle_timeout: s.body_idle_timeout,
+            max_idle_connections: s.max_idle_connections,
             ca_file: s.ca_file,
             allow: s.allow,
             allow_unsupported_version: s.allow_unsupported_version,
@@ -651,6 +777,20 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         return Err(invalid(
             "server.max_concurrent_requests",
             format!("must be between 1 and {MAX_CONCURRENT}"),
+        ));
+    }
+    if let Some(n) = server.max_connections {
+        if !(1..=MAX_CONCURRENT).contains(&n) {
+            return Err(invalid(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_CONCURRENT}"),
+            ));
+        }
+    }
+    if server.socket_mode.is_some() && server.listen.tcp().is_some() {
+        return Err(invalid(
+            "server.socket_mode",
+            "applies only to a Unix socket (server.listen = \"unix:/PATH\")".into(),
         ));
     }
     // Zero would close every connection at once; beyond a day is a typo, and huge values
@@ -829,7 +969,21 @@ impl Config {
         );
         let _ = writeln!(o, "[server]");
         let _ = writeln!(o, "listen = \"{}\"", s.listen);
+        if let Some(m) = s.socket_mode {
+            let _ = writeln!(o, "socket_mode = \"{m:04o}\"");
+        }
         let _ = writeln!(o, "admin_listen = \"{}\"", s.admin_listen);
+        match s.max_connections {
+            Some(n) => {
+                let _ = writeln!(o, "max_connections = {n}");
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "# max_connections: from the file-descriptor limit at start"
+                );
+            }
+        }
         let _ = writeln!(
             o,
             "shutdown_grace = \"{}\"",
@@ -895,6 +1049,12 @@ impl Config {
                 "timeout = \"{}\"",
                 humantime::format_duration(svc.timeout)
             );
+            let _ = writeln!(
+                o,
+                "body_idle_timeout = \"{}\"",
+                humantime::format_duration(svc.body_idle_timeout)
+            );
+            let _ = writeln!(o, "max_idle_connections = {}", svc.max_idle_connections);
             if let Some(ca) = &svc.ca_file {
                 let _ = writeln!(o, "ca_file = \"{}\"", ca.display());
             }
@@ -964,7 +1124,7 @@ mod tests {
             )?;
             // defaults < files
             let c = profile(jail, "staging").unwrap();
-            assert_eq!(c.server.listen.port(), 7000);
+            assert_eq!(c.server.listen.tcp().unwrap().port(), 7000);
             assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
             assert_eq!(c.credentials.account_id, "acct");
             assert_eq!(c.credentials.client_type, "Openapi");
@@ -978,7 +1138,7 @@ mod tests {
             jail.set_env("SCP_PROXY_PORT", "tcp://10.0.0.1:8080");
             jail.set_env("SCP_PROXY_SERVICE_HOST", "10.0.0.1");
             let c = profile(jail, "staging").unwrap();
-            assert_eq!(c.server.listen.port(), 7100);
+            assert_eq!(c.server.listen.tcp().unwrap().port(), 7100);
             assert_eq!(
                 c.service("virtualserver").unwrap().timeout,
                 Duration::from_secs(5)
@@ -995,7 +1155,7 @@ mod tests {
                 },
             )
             .unwrap();
-            assert_eq!(c.server.listen.port(), 7200);
+            assert_eq!(c.server.listen.tcp().unwrap().port(), 7200);
             assert_eq!(c.server.admin_listen.port(), 7001);
             Ok(())
         });
@@ -1004,7 +1164,7 @@ mod tests {
     #[test]
     fn default_listen_is_loopback() {
         let s = ServerConfig::default();
-        assert!(s.listen.ip().is_loopback());
+        assert!(s.listen.tcp().unwrap().ip().is_loopback());
         assert!(s.admin_listen.ip().is_loopback());
     }
 

@@ -31,6 +31,11 @@ pub enum ProxyError {
         "too many requests in flight (server.max_concurrent_requests = {limit}); retry shortly"
     )]
     Overloaded { limit: usize },
+    #[error("the client sent no request body data for {} (services.{service}.body_idle_timeout)", humantime::format_duration(*.timeout))]
+    ClientBodyStalled {
+        service: String,
+        timeout: std::time::Duration,
+    },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
@@ -76,6 +81,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::InvalidPath { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ClientBodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Policy(p) => p.status(),
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -90,6 +96,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::InvalidPath { .. } => "invalid_path",
             ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::ClientBodyStalled { .. } => "client_body_timeout",
             ProxyError::Policy(p) => p.code(),
             ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             ProxyError::Upstream(UpstreamError::Failed { .. }) => "upstream_error",

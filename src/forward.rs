@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::Response;
+use http::{Request, Response};
 use http_body_util::Either;
 use hyper_util::client::legacy::ResponseFuture;
 use tower::Service;
@@ -33,7 +33,7 @@ use tower::Service;
 pub use self::client::{client_for, HttpClient, TlsSetupError};
 pub use self::connect::{TunnelFailed, UpstreamConnector};
 pub use self::egress::{DirectReason, Egress, EgressRoute};
-use crate::body::{Body, NoTrailers};
+use crate::body::{Body, BodyStalled, DownloadLimit, NoTrailers, UploadEnded};
 use crate::config::ServiceConfig;
 use crate::error::{ProxyError, UpstreamError};
 use crate::route::Routed;
@@ -69,11 +69,14 @@ impl<T: Endpoint> Service<Routed<T, Body>> for Forward {
         let target = routed.target().clone();
         // Started here, so the pooled client is borrowed, not cloned, per request.
         let started = Instant::now();
-        let response = target
-            .client()
-            .request(routed.into_request().map(NoTrailers::new));
+        let svc = target.service();
+        let (parts, body) = routed.into_request().into_parts();
+        let (body, upload_ended) = NoTrailers::limited(body, svc.body_idle_timeout, &svc.name);
+        let response = target.client().request(Request::from_parts(parts, body));
         ForwardFuture {
-            response: tokio::time::timeout(target.service().timeout, response),
+            response,
+            upload_ended,
+            deadline: None,
             target,
             started,
         }
@@ -81,10 +84,15 @@ impl<T: Endpoint> Service<Routed<T, Body>> for Forward {
 }
 
 pin_project_lite::pin_project! {
-    /// The upstream's response headers within the service's timeout; no box.
+    /// The upstream's response headers within the service's timeout, counted from the end of
+    /// the request body (a slow upload that keeps moving is not cut; one that stops fails by
+    /// `body_idle_timeout`); no box.
     pub struct ForwardFuture<T> {
         #[pin]
-        response: tokio::time::Timeout<ResponseFuture>,
+        response: ResponseFuture,
+        upload_ended: UploadEnded,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
         target: Arc<T>,
         started: Instant,
     }
@@ -94,9 +102,20 @@ impl<T: Endpoint> Future for ForwardFuture<T> {
     type Output = Result<Response<Body>, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.response.poll(cx));
+        let mut this = self.project();
         let svc = this.target.service();
+        let result = match this.response.poll(cx) {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => {
+                if this.deadline.is_none() && this.upload_ended.poll_ended(cx).is_ready() {
+                    this.deadline.set(Some(tokio::time::sleep(svc.timeout)));
+                }
+                match this.deadline.as_mut().as_pin_mut().map(|d| d.poll(cx)) {
+                    Some(Poll::Ready(())) => Err(()),
+                    _ => return Poll::Pending,
+                }
+            }
+        };
         let upstream = || svc.upstream.base.clone();
         let service = || svc.name.clone();
         Poll::Ready(match result {
@@ -104,7 +123,18 @@ impl<T: Endpoint> Future for ForwardFuture<T> {
                 let mut resp = resp.map(Either::Left);
                 resp.extensions_mut()
                     .insert(UpstreamLatency(this.started.elapsed()));
+                // The listener bounds the upstream's body by this (server.rs).
+                resp.extensions_mut().insert(DownloadLimit {
+                    limit: svc.body_idle_timeout,
+                    service: service(),
+                });
                 Ok(resp)
+            }
+            Ok(Err(source)) if BodyStalled::find(&source).is_some() => {
+                Err(ProxyError::ClientBodyStalled {
+                    service: service(),
+                    timeout: svc.body_idle_timeout,
+                })
             }
             Ok(Err(source)) if source.is_connect() => Err(UpstreamError::Unreachable {
                 service: service(),
@@ -118,7 +148,7 @@ impl<T: Endpoint> Future for ForwardFuture<T> {
                 source,
             }
             .into()),
-            Err(_) => Err(UpstreamError::Timeout {
+            Err(()) => Err(UpstreamError::Timeout {
                 service: service(),
                 upstream: upstream(),
                 timeout: svc.timeout,

@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 pub enum StartError {
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
-        addr: SocketAddr,
+        addr: config::ListenAddr,
         key: &'static str,
         #[source]
         source: std::io::Error,
@@ -115,7 +115,11 @@ fn check_loops(
 
 /// A running proxy: both listeners bound and serving.
 pub struct Running {
+    /// The data plane's TCP address (the unspecified `0.0.0.0:0` when it listens on a Unix
+    /// socket: see `listen`).
     pub addr: SocketAddr,
+    /// Where the data plane listens, TCP or Unix socket.
+    pub listen: config::ListenAddr,
     pub admin_addr: SocketAddr,
     pub health: Arc<Health>,
     pub credentials: CredentialStore,
@@ -147,7 +151,11 @@ impl Running {
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { addr, key, source })
+        .map_err(|source| StartError::Bind {
+            addr: config::ListenAddr::Tcp(addr),
+            key,
+            source,
+        })
 }
 
 /// Binds and starts serving `config` with `credentials`; the egress proxy settings come from
@@ -181,24 +189,31 @@ pub async fn start_with_egress(
         })?;
     }
     let service = app::proxy_service(&parts);
-    let listener = bind(config.server.listen, "server.listen").await?;
-    let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.server.listen,
+    let listen_err = |source| StartError::Bind {
+        addr: config.server.listen.clone(),
         key: "server.listen",
         source,
-    })?;
+    };
+    let listener = server::Listener::bind(&config.server.listen, config.server.socket_mode)
+        .await
+        .map_err(listen_err)?;
+    let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
+    let listen = listener.local_addr().map_err(listen_err)?;
+    let addr = listen
+        .tcp()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
-            addr: config.server.admin_listen,
+            addr: config::ListenAddr::Tcp(config.server.admin_listen),
             key: "server.admin_listen",
             source,
         })?;
-    check_loops(
-        &config.services,
-        &[("server.listen", addr), ("server.admin_listen", admin_addr)],
-    )?;
+    let mut own = vec![("server.admin_listen", admin_addr)];
+    if let Some(tcp) = listen.tcp() {
+        own.push(("server.listen", tcp));
+    }
+    check_loops(&config.services, &own)?;
     let health = Arc::new(Health::default());
     let (tx, rx) = watch::channel(false);
 
@@ -211,8 +226,22 @@ pub async fn start_with_egress(
     if config.server.enable_quit && !admin_addr.ip().is_loopback() {
         tracing::warn!(%admin_addr, "server.enable_quit is on and the admin listener is not on loopback: anything that reaches it can stop the proxy");
     }
-    let server_cfg = config.server.clone();
-    let admin_cfg = config.server.clone();
+    let mut server_cfg = config.server.clone();
+    // The descriptor budget: the data plane's cap leaves a reserve, so the admin listener
+    // (with a small cap of its own) can always accept.
+    let budget = server::fd_budget(server::raise_fd_limit());
+    let max_connections = *server_cfg
+        .max_connections
+        .get_or_insert(budget.max_connections);
+    if max_connections > budget.max_connections {
+        tracing::warn!(
+            max_connections,
+            fd_limit = budget.limit,
+            "server.max_connections exceeds what the file-descriptor limit allows for (about half of it, the rest for upstream connections and the admin listener)"
+        );
+    }
+    let mut admin_cfg = config.server.clone();
+    admin_cfg.max_connections = Some(admin::MAX_CONNECTIONS);
     // The admin listener outlives the data plane's drain so /readyz can say 503 meanwhile.
     let admin_task = tokio::spawn(async move {
         // Stopped by `abort` once the data plane has drained, never by the signal itself.
@@ -234,12 +263,18 @@ pub async fn start_with_egress(
         config.server.check_live_versions,
     );
     let task = tokio::spawn(async move {
-        let shutdown = async move {
-            wait_true(rx).await;
-            // Keep accepting while Kubernetes removes the pod from its endpoints.
-            tokio::time::sleep(delay).await;
+        let drain = server::Drain {
+            // From SIGTERM on, responses tell clients to stop reusing connections...
+            draining: rx.clone(),
+            // ...while the listener keeps accepting as Kubernetes removes the pod from its
+            // endpoints.
+            stop: async move {
+                wait_true(rx).await;
+                tokio::time::sleep(delay).await;
+            },
+            grace,
         };
-        let drained = server::serve(listener, service, &server_cfg, shutdown, grace).await;
+        let drained = server::serve_draining(listener, service, &server_cfg, drain).await;
         if !drained {
             tracing::warn!(grace = ?grace, "shutdown grace ran out with requests still in flight");
         }
@@ -248,9 +283,10 @@ pub async fn start_with_egress(
         drained
     });
     health.set_ready();
-    tracing::info!(%addr, %admin_addr, "serving");
+    tracing::info!(addr = %listen, %admin_addr, max_connections, fd_limit = budget.limit, "serving");
     Ok(Running {
         addr,
+        listen,
         admin_addr,
         health,
         credentials: store,
@@ -276,6 +312,8 @@ mod tests {
             api_version: "1.3".into(),
             region: None,
             timeout: std::time::Duration::from_secs(1),
+            body_idle_timeout: std::time::Duration::from_secs(30),
+            max_idle_connections: 32,
             ca_file: None,
             allow: None,
             allow_unsupported_version: false,

@@ -1,28 +1,48 @@
-//! Listeners: the serve loop shared by the data plane, the admin listener and the emulator,
-//! with graceful shutdown. The admin endpoints themselves are in [`crate::admin`].
+//! Listeners: the serve loop shared by the data plane, the admin listener and the emulator.
+//! The admin endpoints themselves are in [`crate::admin`].
+//!
+//! Guarantees:
+//! - At most `server.max_connections` client connections at once (default: sized from the
+//!   process's file-descriptor limit, see [`fd_budget`]); at the cap the loop stops accepting,
+//!   so new connections wait in the kernel's backlog instead of failing, and accept errors are
+//!   logged at most once per [`LOG_EVERY`] with a count of the ones left out.
+//! - A connection with no request in flight for `server.idle_timeout` is closed gracefully (HTTP/2: GOAWAY), and dropped [`CLOSE_LIMIT`] later if the peer has not
+//!   finished closing (an HTTP/2 peer that ignores GOAWAY and PING).
+//! - A client that starts a request head and does not finish it within
+//!   `server.header_read_timeout` gets `408` JSON `header_timeout`, then the connection closes.
+//! - Draining (the data plane after SIGTERM): HTTP/1 responses carry `Connection: close` and
+//!   HTTP/2 connections get GOAWAY at once, so clients stop reusing connections while the
+//!   listener still accepts during `shutdown_delay`. When the listener stops, idle connections
+//!   close; requests still waiting for their response when `shutdown_grace` ends get `503`
+//!   JSON `draining`.
+//! - Protocol by the client's first bytes: the HTTP/2 prior-knowledge preface gets hyper's
+//!   HTTP/2 server, anything else HTTP/1 (no hyper connection exists before the first byte).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt as _;
 
-use crate::config::ServerConfig;
+use crate::body::{Body, DownloadLimit, StallLimited};
+use crate::config::{ListenAddr, ServerConfig};
 
 /// What the listeners serve: a tower service answering every request (errors are already
-/// responses), cloned per connection.
+/// responses), cloned per request.
 pub trait HttpService:
     tower::Service<
         Request<Incoming>,
@@ -47,25 +67,517 @@ impl<S> HttpService for S where
 {
 }
 
-fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        // hyper answers 431 when a request's head does not fit.
-        .max_buf_size(cfg.max_header_bytes.max(8192));
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
-    b
+/// After a graceful close starts with no request in flight, how long the peer has to finish
+/// it before the connection is dropped.
+pub(crate) const CLOSE_LIMIT: Duration = Duration::from_secs(2);
+/// Accept errors and "at the connection cap" are logged at most this often.
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
+/// After `shutdown_grace`, how long the `503 draining` answers get to be written.
+const FLUSH_LIMIT: Duration = Duration::from_secs(1);
+/// When the listener stops, how long a connection accepted but not yet used has to send its
+/// first request.
+const FIRST_REQUEST_AFTER_STOP: Duration = Duration::from_secs(1);
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+// ---------------------------------------------------------------- file descriptors
+
+/// How the process's file descriptors are shared out: `limit` (RLIMIT_NOFILE after
+/// [`raise_fd_limit`]), `reserved` for the admin listener, upstream pools, files and the
+/// runtime, and `max_connections`: half of the rest, since every client connection may hold
+/// one upstream connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FdBudget {
+    pub limit: u64,
+    pub reserved: u64,
+    pub max_connections: usize,
+}
+
+/// The budget for a descriptor limit of `limit`.
+pub(crate) fn fd_budget(limit: u64) -> FdBudget {
+    let reserved = (limit / 8).clamp(16, 256);
+    let max = (limit.saturating_sub(reserved) / 2).max(1);
+    FdBudget {
+        limit,
+        reserved,
+        max_connections: usize::try_from(max).unwrap_or(usize::MAX),
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (the usual container default is a soft
+/// 1024 under a much larger hard limit) and returns the limit now in force.
+pub(crate) fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+// ---------------------------------------------------------------- listeners and streams
+
+/// A bound listener: TCP, or a Unix socket whose file is removed when the listener stops.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
+impl Listener {
+    /// Binds `addr`. A Unix socket is created with no permission for anyone but the owner and
+    /// then given `mode` (default 0600), so no other user can connect in between; a stale
+    /// socket file left by a previous run is replaced, any other file is an error.
+    pub async fn bind(addr: &ListenAddr, mode: Option<u32>) -> io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
+            ListenAddr::Unix(path) => {
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                if let Ok(md) = std::fs::symlink_metadata(path) {
+                    if !md.file_type().is_socket() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            format!("{} exists and is not a socket", path.display()),
+                        ));
+                    }
+                    std::fs::remove_file(path)?;
+                }
+                // SAFETY: umask only swaps the process's file-creation mask.
+                let old = unsafe { libc::umask(0o177) };
+                let bound = UnixListener::bind(path);
+                unsafe { libc::umask(old) };
+                let listener = bound?;
+                let mode = mode.unwrap_or(0o600);
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+                Ok(Listener::Unix(listener, path.clone()))
+            }
+        }
+    }
+
+    /// Where it listens (port 0 resolved).
+    pub fn local_addr(&self) -> io::Result<ListenAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(ListenAddr::Tcp),
+            Listener::Unix(_, p) => Ok(ListenAddr::Unix(p.clone())),
+        }
+    }
+
+    async fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok(Stream::Tcp(s))
+            }
+            Listener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+
+    /// Accepts a connection that is already waiting, without waiting for one.
+    fn try_accept(&self) -> Option<io::Result<Stream>> {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match self {
+            Listener::Tcp(l) => match l.poll_accept(&mut cx) {
+                Poll::Ready(r) => Some(r.map(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    Stream::Tcp(s)
+                })),
+                Poll::Pending => None,
+            },
+            Listener::Unix(l, _) => match l.poll_accept(&mut cx) {
+                Poll::Ready(r) => Some(r.map(|(s, _)| Stream::Unix(s))),
+                Poll::Pending => None,
+            },
+        }
+    }
+
+    fn close(self) {
+        if let Listener::Unix(l, path) = self {
+            drop(l);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// An accepted connection, shared between hyper's connection and this module (which writes
+/// the 408 after hyper gives up on a head), by reference through readiness.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_write_ready(cx),
+            Stream::Unix(s) => s.poll_write_ready(cx),
+        }
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read(buf),
+            Stream::Unix(s) => s.try_read(buf),
+        }
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+        }
+    }
+    fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write_vectored(bufs),
+            Stream::Unix(s) => s.try_write_vectored(bufs),
+        }
+    }
+    fn shutdown_write(&self) {
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        };
+        // SAFETY: the fd is open for as long as `self` lives; shutdown does not close it.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    }
+
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| loop {
+            std::task::ready!(self.poll_read_ready(cx))?;
+            match self.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        })
+        .await
+    }
+
+    async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = std::future::poll_fn(|cx| loop {
+                std::task::ready!(self.poll_write_ready(cx))?;
+                match self.try_write(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return Poll::Ready(other),
+                }
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- per-connection state
+
+/// What the serve loop knows about one connection: how many requests are in flight, when the
+/// last one ended (idle is "no request in flight", so HTTP/2 PINGs or a trickle of header
+/// bytes do not keep a connection open), and whether bytes arrived since.
+#[derive(Debug)]
+struct ConnState {
+    epoch: Instant,
+    last_io_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    bytes_read: AtomicU64,
+    read_at_response_end: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_io_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            bytes_read: AtomicU64::new(0),
+            read_at_response_end: AtomicU64::new(0),
+        }
+    }
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_io_ms.store(ms, Ordering::Relaxed);
+    }
+    fn last_io(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed))
+    }
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+    /// Bytes of a next request arrived after the last response ended (or before the first).
+    fn head_started(&self) -> bool {
+        self.bytes_read.load(Ordering::Relaxed) > self.read_at_response_end.load(Ordering::Relaxed)
+    }
+}
+
+/// One request in flight on a connection, until its response body ends or is dropped.
+#[derive(Debug)]
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn new(state: Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.read_at_response_end
+            .store(s.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
+        s.touch();
+        s.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The connection's bytes as hyper sees them: `prefix` (the bytes read to tell HTTP/2 from
+/// HTTP/1) first, then the shared stream; bytes read are counted (for the 408).
+struct Io {
+    stream: Arc<Stream>,
+    prefix: Bytes,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            std::task::ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    self.state.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write_vectored(bufs) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.shutdown_write();
+        Poll::Ready(Ok(()))
+    }
+}
+
+// ---------------------------------------------------------------- the per-request wrapper
+
+/// Signals shared by every connection of one listener.
+#[derive(Clone)]
+struct Signals {
+    /// SIGTERM seen (the data plane only): `Connection: close`, GOAWAY.
+    draining: watch::Receiver<bool>,
+    /// The listener has stopped: close connections once idle.
+    stop: watch::Receiver<bool>,
+    /// `shutdown_grace` ran out: unanswered requests get 503 `draining`.
+    grace_over: watch::Receiver<bool>,
+}
+
+/// Resolves when the flag turns true; never, if its sender is gone first.
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The hyper service for one connection: the tower service, with the request counted in
+/// flight until its response body ends, `Connection: close` while draining, and `503
+/// draining` if the grace runs out first.
+#[derive(Clone)]
+struct PerConnection<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    signals: Signals,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
+
+impl<S: HttpService> hyper::service::Service<Request<Incoming>> for PerConnection<S> {
+    type Response = Response<Tracked>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let guard = InFlight::new(self.state.clone());
+        let http1 = req.version() <= Version::HTTP_11;
+        let response = self.inner.clone().oneshot(req);
+        let draining = self.signals.draining.clone();
+        let mut grace_over = self.signals.grace_over.clone();
+        Box::pin(async move {
+            let mut resp = tokio::select! {
+                biased;
+                r = response => match r {
+                    Ok(r) => r,
+                    Err(e) => match e {},
+                },
+                () = wait_true(&mut grace_over) => crate::error::json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "draining",
+                    "the proxy is shutting down and server.shutdown_grace ran out before the upstream answered; retry",
+                    None,
+                ),
+            };
+            if http1 && *draining.borrow() {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            let limit = resp.extensions_mut().remove::<DownloadLimit>();
+            Ok(resp.map(|inner| Tracked {
+                inner: StallLimited::new(inner, limit),
+                guard: Some(guard),
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted in flight until it ends, and fails if
+    /// the upstream's body stalls for the service's `body_idle_timeout`.
+    struct Tracked {
+        #[pin]
+        inner: StallLimited<Body>,
+        guard: Option<InFlight>,
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let out = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) = out {
+            this.guard.take();
+        }
+        out
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ---------------------------------------------------------------- serving
+
+/// How a listener ends: `draining` turns true first (SIGTERM; never for a listener that does
+/// not drain), `stop` resolves when it should stop accepting, then connections get `grace`.
+pub(crate) struct Drain<F> {
+    pub draining: watch::Receiver<bool>,
+    pub stop: F,
+    pub grace: Duration,
+}
+
+/// Built once per listener from `[server]`.
+struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    idle: Duration,
+    header_read_timeout: Duration,
+}
+
+impl Builders {
+    fn new(cfg: &ServerConfig) -> Self {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            // hyper answers 431 when a request's head does not fit.
+            .max_buf_size(cfg.max_header_bytes.max(8192));
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+        Self {
+            h1,
+            h2,
+            idle: cfg.idle_timeout,
+            header_read_timeout: cfg.header_read_timeout,
+        }
+    }
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, asks every
 /// connection to close once its in-flight requests are answered, and waits up to `grace` for
-/// them. Returns whether every connection finished in time. A connection with no bytes read
-/// or written for `server.idle_timeout` is closed the same graceful way.
+/// them. Returns whether every connection finished in time.
 pub(crate) async fn serve<S>(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     service: S,
     cfg: &ServerConfig,
     shutdown: impl Future<Output = ()>,
@@ -74,152 +586,373 @@ pub(crate) async fn serve<S>(
 where
     S: HttpService,
 {
-    let builder = Arc::new(builder(cfg));
-    let idle = cfg.idle_timeout;
-    let (closing_tx, closing_rx) = watch::channel(false);
+    let (_never, draining) = watch::channel(false);
+    let drain = Drain {
+        draining,
+        stop: shutdown,
+        grace,
+    };
+    serve_draining(listener.into(), service, cfg, drain).await
+}
+
+/// [`serve`] with a draining phase before the stop (see the module's guarantees).
+pub(crate) async fn serve_draining<S, F>(
+    listener: Listener,
+    service: S,
+    cfg: &ServerConfig,
+    drain: Drain<F>,
+) -> bool
+where
+    S: HttpService,
+    F: Future<Output = ()>,
+{
+    let builders = Arc::new(Builders::new(cfg));
+    let cap = cfg
+        .max_connections
+        .unwrap_or_else(|| fd_budget(raise_fd_limit()).max_connections);
+    let permits = Arc::new(Semaphore::new(cap));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (grace_tx, grace_rx) = watch::channel(false);
+    let signals = Signals {
+        draining: drain.draining,
+        stop: stop_rx,
+        grace_over: grace_rx,
+    };
     // Every connection task holds a sender; `recv` returns None once all have ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+    let mut accept_log = RateLimited::default();
+    let mut cap_log = RateLimited::default();
+    let stop = drain.stop;
+    tokio::pin!(stop);
+    'accept: loop {
+        if permits.available_permits() == 0 {
+            cap_log.log(|left_out| {
+                tracing::warn!(
+                    max_connections = cap,
+                    similar_left_out = left_out,
+                    "connection cap reached (server.max_connections): accepting paused"
+                )
+            });
+        }
+        // At the cap, stop accepting: new connections wait in the kernel's backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break 'accept,
+            },
+            () = &mut stop => break 'accept,
+        };
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(stream) => {
+                        tokio::spawn(connection(
+                            builders.clone(),
+                            stream,
+                            service.clone(),
+                            signals.clone(),
+                            permit,
+                            alive_tx.clone(),
+                        ));
+                        break;
                     }
-                };
-                let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(service.clone());
-                tokio::spawn(connection(
-                    builder.clone(),
-                    stream,
-                    svc,
-                    closing_rx.clone(),
-                    alive_tx.clone(),
-                    idle,
-                ));
+                    Err(e) => {
+                        accept_log.log(|left_out| {
+                            tracing::warn!(error = %e, similar_left_out = left_out, "accept failed")
+                        });
+                        // EMFILE and friends: back off instead of spinning.
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            () = &mut stop => break 'accept,
+                        }
+                    }
+                },
+                () = &mut stop => break 'accept,
             }
-            () = &mut shutdown => break,
         }
     }
-    drop(listener);
-    let _ = closing_tx.send(true);
+    // Connections the kernel completed but nobody accepted yet would be reset when the
+    // listener closes, after their clients may have written a request: take them first.
+    while let Ok(permit) = permits.clone().try_acquire_owned() {
+        let Some(Ok(stream)) = listener.try_accept() else {
+            break;
+        };
+        tokio::spawn(connection(
+            builders.clone(),
+            stream,
+            service.clone(),
+            signals.clone(),
+            permit,
+            alive_tx.clone(),
+        ));
+    }
+    listener.close();
+    let _ = stop_tx.send(true);
     drop(alive_tx);
-    tokio::time::timeout(grace, alive_rx.recv()).await.is_ok()
+    if tokio::time::timeout(drain.grace, alive_rx.recv())
+        .await
+        .is_ok()
+    {
+        return true;
+    }
+    // Unanswered requests get 503 `draining`; give those answers a moment to be written.
+    let _ = grace_tx.send(true);
+    let _ = tokio::time::timeout(FLUSH_LIMIT, alive_rx.recv()).await;
+    false
 }
 
-async fn connection<S>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: tokio::net::TcpStream,
-    svc: TowerToHyperService<S>,
-    mut closing: watch::Receiver<bool>,
+/// A log line at most once per [`LOG_EVERY`], counting the ones left out.
+#[derive(Default)]
+struct RateLimited {
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl RateLimited {
+    fn log(&mut self, emit: impl FnOnce(u64)) {
+        if self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+            self.left_out += 1;
+            return;
+        }
+        emit(self.left_out);
+        self.left_out = 0;
+        self.last = Some(Instant::now());
+    }
+}
+
+/// Reads the rest of the first bytes after `first` of them are in `buf` (at most the 24 of
+/// the HTTP/2 preface, fewer as soon as they differ from it).
+async fn sniff(stream: &Stream, mut buf: [u8; 24], mut n: usize) -> io::Result<Bytes> {
+    while n < buf.len() && buf[..n] == H2_PREFACE[..n] {
+        let k = stream.read_some(&mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(Bytes::copy_from_slice(&buf[..n]))
+}
+
+async fn connection<S: HttpService>(
+    builders: Arc<Builders>,
+    stream: Stream,
+    service: S,
+    mut signals: Signals,
+    _permit: OwnedSemaphorePermit,
     _alive: mpsc::Sender<()>,
-    idle: Duration,
-) where
-    S: HttpService,
-{
-    let epoch = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Activity {
-        inner: stream,
-        epoch,
-        last: last.clone(),
-    });
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
-    let mut closing_requested = false;
-    loop {
-        let idle_deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+) {
+    let stream = Arc::new(stream);
+    let state = Arc::new(ConnState::new());
+    // Until the first byte there is no hyper connection: waiting costs only the socket.
+    let mut buf = [0u8; 24];
+    let idle = tokio::time::sleep(builders.idle);
+    tokio::pin!(idle);
+    let mut stopping = false;
+    let first = loop {
         tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = closing.wait_for(|c| *c), if !closing_requested => {
-                conn.as_mut().graceful_shutdown();
-                closing_requested = true;
-            }
-            () = tokio::time::sleep_until(idle_deadline.into()), if !closing_requested => {
-                let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-                if quiet >= idle {
-                    conn.as_mut().graceful_shutdown();
-                    closing_requested = true;
+            r = stream.read_some(&mut buf) => break r,
+            () = &mut idle => return,
+            // A client that connected just before the listener stopped is about to send its
+            // request: it gets a moment to, instead of a reset after writing it.
+            () = wait_true(&mut signals.stop), if !stopping => {
+                stopping = true;
+                let soon = tokio::time::Instant::now() + FIRST_REQUEST_AFTER_STOP;
+                if soon < idle.deadline() {
+                    idle.as_mut().reset(soon);
                 }
             }
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A stream that notes when it last moved bytes, for the idle timeout.
-    struct Activity<T> {
-        #[pin]
-        inner: T,
-        epoch: Instant,
-        last: Arc<AtomicU64>,
-    }
-}
-
-impl<T> Activity<T> {
-    fn touch(epoch: &Instant, last: &AtomicU64) {
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for Activity<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let out = this.inner.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            Self::touch(this.epoch, this.last);
+    };
+    let n = match first {
+        Ok(n) if n > 0 => n,
+        _ => return,
+    };
+    let sniffed = tokio::time::timeout(builders.header_read_timeout, sniff(&stream, buf, n));
+    let prefix = match sniffed.await {
+        Ok(Ok(p)) => p,
+        _ => return,
+    };
+    state
+        .bytes_read
+        .store(prefix.len() as u64, Ordering::Relaxed);
+    state.touch();
+    let h2 = prefix[..] == H2_PREFACE[..];
+    let io = TokioIo::new(Io {
+        stream: stream.clone(),
+        prefix,
+        state: state.clone(),
+    });
+    let svc = PerConnection {
+        inner: service,
+        state: state.clone(),
+        signals: signals.clone(),
+    };
+    if h2 {
+        let conn = builders.h2.serve_connection(io, svc);
+        if let Err(e) = drive(conn, &state, &builders, signals, true).await {
+            tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
         }
-        out
+        return;
+    }
+    let conn = builders.h1.serve_connection(io, svc);
+    match drive(conn, &state, &builders, signals, false).await {
+        Err(e) if e.is_timeout() && state.head_started() => {
+            tracing::debug!("request head not received within server.header_read_timeout: 408");
+            let _ = tokio::time::timeout(
+                FLUSH_LIMIT,
+                stream.write_all(&header_timeout_response(builders.header_read_timeout)),
+            )
+            .await;
+            stream.shutdown_write();
+        }
+        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+        Ok(()) => {}
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for Activity<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let out = this.inner.poll_write(cx, buf);
-        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
-            Self::touch(this.epoch, this.last);
+/// `408` with the JSON error body, written by hand: hyper has given up on the connection.
+fn header_timeout_response(limit: Duration) -> Vec<u8> {
+    let body = serde_json::json!({
+        "code": "header_timeout",
+        "message": format!(
+            "the request headers did not arrive within {} (server.header_read_timeout)",
+            humantime::format_duration(limit)
+        ),
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A hyper connection that can be asked to close gracefully.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<S: HttpService> Graceful
+    for hyper::server::conn::http1::Connection<TokioIo<Io>, PerConnection<S>>
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<S: HttpService> Graceful
+    for hyper::server::conn::http2::Connection<TokioIo<Io>, PerConnection<S>, TokioExecutor>
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs one hyper connection to its end: closed gracefully when idle, when the listener
+/// stops, or (HTTP/2) when draining starts; dropped when a graceful close does not finish.
+async fn drive<C: Graceful>(
+    conn: C,
+    state: &ConnState,
+    builders: &Builders,
+    mut signals: Signals,
+    h2: bool,
+) -> hyper::Result<()> {
+    tokio::pin!(conn);
+    let idle = builders.idle;
+    let mut closing = false;
+    let mut stop_seen = false;
+    let mut hard_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let idle_deadline = if state.busy() {
+            Instant::now() + idle
+        } else {
+            state.last_io() + idle
+        };
+        let far = tokio::time::Instant::now() + Duration::from_secs(24 * 3600);
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            () = wait_true(&mut signals.draining), if h2 && !closing => {
+                conn.as_mut().graceful();
+                closing = true;
+                hard_deadline = Some(tokio::time::Instant::now() + CLOSE_LIMIT);
+            }
+            () = wait_true(&mut signals.stop), if !closing && !stop_seen => {
+                stop_seen = true;
+                // HTTP/1: a request whose head is arriving is answered first (hyper would
+                // drop it with the connection); it is dispatched soon or cut by the header
+                // timeout.
+                if h2 || state.busy() || !state.head_started() {
+                    conn.as_mut().graceful();
+                    closing = true;
+                    hard_deadline = Some(tokio::time::Instant::now() + CLOSE_LIMIT);
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(20)), if stop_seen && !closing => {
+                if state.busy() || !state.head_started() {
+                    conn.as_mut().graceful();
+                    closing = true;
+                    hard_deadline = Some(tokio::time::Instant::now() + CLOSE_LIMIT);
+                }
+            }
+            () = tokio::time::sleep_until(idle_deadline.into()), if !closing => {
+                if !state.busy() && state.last_io().elapsed() >= idle {
+                    conn.as_mut().graceful();
+                    closing = true;
+                    hard_deadline = Some(tokio::time::Instant::now() + CLOSE_LIMIT);
+                }
+            }
+            () = tokio::time::sleep_until(hard_deadline.unwrap_or(far)), if hard_deadline.is_some() => {
+                // Requests still in flight keep their connection (the grace bounds them).
+                if !state.busy() {
+                    tracing::debug!("connection dropped: its graceful close did not finish in time");
+                    return Ok(());
+                }
+                hard_deadline = Some(tokio::time::Instant::now() + CLOSE_LIMIT);
+            }
+            () = wait_true(&mut signals.grace_over) => {
+                // The 503s were produced; let them be written, then drop the rest.
+                let _ = tokio::time::timeout(FLUSH_LIMIT, conn.as_mut()).await;
+                return Ok(());
+            }
         }
-        out
     }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let out = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
-            Self::touch(this.epoch, this.last);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_budget_keeps_a_reserve_and_room_for_upstreams() {
+        let b = fd_budget(1024);
+        assert_eq!(b.reserved, 128);
+        assert_eq!(b.max_connections, 448);
+        let small = fd_budget(64);
+        assert_eq!((small.reserved, small.max_connections), (16, 24));
+        assert_eq!(fd_budget(1 << 20).reserved, 256);
+        assert_eq!(fd_budget(0).max_connections, 1);
+    }
+
+    #[test]
+    fn rate_limited_log_counts_what_it_leaves_out() {
+        let mut r = RateLimited::default();
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            r.log(|n| seen.push(n));
         }
-        out
+        assert_eq!(seen, vec![0]);
+        assert_eq!(r.left_out, 4);
     }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+
+    #[test]
+    fn the_408_is_json_and_closes() {
+        let r = String::from_utf8(header_timeout_response(Duration::from_secs(2))).unwrap();
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 408 "));
+        assert!(head.contains("connection: close"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["code"], "header_timeout");
+        assert!(v["message"].as_str().unwrap().contains("2s"));
     }
 }

@@ -321,7 +321,7 @@ fn every_shipped_config_keeps_the_data_plane_on_loopback() {
     for name in names {
         let c = profile(&name);
         assert_eq!(
-            c.server.listen.ip(),
+            c.server.listen.tcp().expect("a TCP address").ip(),
             loopback,
             "config/{name}.toml: server.listen"
         );
@@ -336,7 +336,7 @@ fn every_shipped_config_keeps_the_data_plane_on_loopback() {
     for env in KubeEnv::all() {
         let (c, _) = env.proxy_config();
         assert_eq!(
-            c.server.listen.ip(),
+            c.server.listen.tcp().expect("a TCP address").ip(),
             loopback,
             "{}: the ConfigMap's server.listen",
             env.name
@@ -556,7 +556,7 @@ fn kubernetes_mounts_match_the_paths_in_the_config() {
             );
         }
         // The app reaches the proxy on the data plane's loopback port.
-        let listen = c.server.listen;
+        let listen = c.server.listen.tcp().expect("a TCP address");
         let mut app_urls = 0;
         for container in env.pod_spec().at("containers").seq() {
             for var in container.opt("env").map(Yaml::seq).unwrap_or(&[]) {
@@ -788,7 +788,7 @@ fn dockerfile_exposes_the_admin_port_only_and_bakes_the_config_it_names() {
             "Dockerfile EXPOSE vs the admin port of {}",
             env.name
         );
-        assert!(!exposed.contains(&c.server.listen.port()));
+        assert!(!exposed.contains(&c.server.listen.tcp().expect("a TCP address").port()));
     }
     let default_admin = default_toml_addr("server.admin_listen");
     assert_eq!(

@@ -128,5 +128,6 @@ pub fn client_for(svc: &ServiceConfig, egress: &Egress) -> Result<HttpClient, Tl
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(svc.max_idle_connections)
         .build(https))
 }

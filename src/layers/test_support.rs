@@ -29,6 +29,8 @@ pub fn service(name: &str) -> ServiceConfig {
         api_version: "1.3".into(),
         region: Some("kr-west1".into()),
         timeout: Duration::from_secs(2),
+        body_idle_timeout: Duration::from_secs(30),
+        max_idle_connections: 32,
         ca_file: None,
         allow: None,
         allow_unsupported_version: false,

@@ -294,7 +294,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `scp-auth-proxy` with JSON logs and waits (bounded) for its "serving" line.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let (child, log, v) = Self::launch(args, envs, "\"serving\"");
+        Self::start_limited(args, envs, None)
+    }
+
+    /// [`Proc::start`] with the child's RLIMIT_NOFILE (soft and hard) set to `fd_limit`.
+    pub fn start_limited(args: &[&str], envs: &[(&str, &str)], fd_limit: Option<u64>) -> Proc {
+        let (child, log, v) = Self::launch(args, envs, "\"serving\"", fd_limit);
         Proc {
             addr: v["addr"].as_str().unwrap().parse().unwrap(),
             admin_addr: v["admin_addr"].as_str().unwrap().parse().unwrap(),
@@ -308,7 +313,7 @@ impl Proc {
     pub fn emulator(args: &[&str]) -> Proc {
         let mut all = vec!["emulator"];
         all.extend_from_slice(args);
-        let (child, log, v) = Self::launch(&all, &[], "SCP emulator listening");
+        let (child, log, v) = Self::launch(&all, &[], "SCP emulator listening", None);
         let url = v["url"].as_str().unwrap();
         let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
         Proc {
@@ -323,9 +328,26 @@ impl Proc {
         args: &[&str],
         envs: &[(&str, &str)],
         marker: &str,
+        fd_limit: Option<u64>,
     ) -> (std::process::Child, Arc<Mutex<String>>, serde_json::Value) {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scp-auth-proxy"));
+        if let Some(n) = fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(args)
             .arg("--log-format")
             .arg("json")
