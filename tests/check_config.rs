@@ -1,39 +1,28 @@
 //! `check-config` and `versions` through the real binary, with a fixed day (`--today`) so the
 //! version lifecycle does not depend on when the tests run.
 
-use std::process::{Command, Output};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_scp-auth-proxy");
+use common::TestConfig;
 
+/// The one test service pinned to `pin` at `upstream`, then `extra` as it is (it may open
+/// sub-tables of the service).
 fn config(pin: &str, extra: &str, upstream: &str) -> tempfile::NamedTempFile {
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[credentials]
-access_key = "ak"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-upstream = "{upstream}"
-api_version = "{pin}"
-{extra}
-"#
-    );
     let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), toml).unwrap();
+    TestConfig::new(upstream)
+        .credentials("access_key = \"ak\"")
+        .service(&format!("api_version = \"{pin}\""))
+        .raw(extra)
+        .write(f.path());
     f
 }
 
 const SCP: &str = "https://virtualserver.kr-west1.e.samsungsdscloud.com";
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out: Output = Command::new(BIN)
-        .args(args)
+    let out = common::bin(args)
         .env("SCP_SECRET_KEY", "dummy")
         .env_remove("SCP_PROXY_SERVER__LISTEN")
-        .env_remove("RUST_LOG")
         .output()
         .expect("the binary runs");
     (

@@ -19,11 +19,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -190,7 +188,10 @@ async fn handle_connect(mut client: TcpStream, mode: Mode, log: Arc<Mutex<ProxyL
 
 /// A config whose default service points at `upstream`, with `extra` lines for the service.
 fn config(upstream: &str, extra: &str) -> Config {
-    let (cfg, _dir) = config_from(&basic_toml(upstream, "acct-1", extra));
+    let (cfg, _dir) = TestConfig::new(upstream)
+        .credentials("account_id = \"acct-1\"")
+        .service(extra)
+        .load();
     cfg
 }
 
@@ -351,7 +352,13 @@ impl TlsUpstream {
                                 .path_and_query()
                                 .map(|p| p.as_str().to_owned())
                                 .unwrap_or_default();
-                            let ok = verify_https(req.method().as_str(), &target, req.headers());
+                            let ok = signature_valid(
+                                SECRET.as_bytes(),
+                                "https",
+                                req.method().as_str(),
+                                &target,
+                                req.headers(),
+                            );
                             seen.lock().unwrap().push((target, ok));
                             Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                                 Bytes::from_static(b"{\"tls\":true}"),
@@ -371,22 +378,6 @@ impl TlsUpstream {
             task,
         }
     }
-}
-
-fn verify_https(method: &str, target: &str, h: &HeaderMap) -> bool {
-    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let msg = format!(
-        "{method}https://{}{target}{}{}{}{}",
-        get("host"),
-        get("scp-timestamp"),
-        get("scp-accesskey"),
-        get("scp-accountid"),
-        get("scp-clienttype")
-    );
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(msg.as_bytes());
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    expected == get("scp-signature")
 }
 
 #[tokio::test]

@@ -79,11 +79,16 @@ async fn wait_returns_zero_once_a_starting_proxy_is_ready() {
         ),
     )
     .unwrap();
-    // `wait` starts first, against nothing, as an init container would.
+    // `wait` starts first, as an init container would, and finds nothing ready: its first
+    // probe is accepted here and closed unanswered; then the port is the proxy's.
+    let early = std::net::TcpListener::bind(admin).unwrap();
     let waiter = wait_cmd(&["--admin", &admin.to_string(), "--timeout", "20s"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    early.set_nonblocking(true).unwrap();
+    let probed = poll_until_blocking(Duration::from_secs(10), || early.accept().ok());
+    assert!(probed.is_some(), "wait never probed the admin address");
+    drop((probed, early));
     let started = Instant::now();
     let proxy = Proc::start(&["--config", cfg.to_str().unwrap()], &[]);
     assert_eq!(proxy.admin_addr, admin);

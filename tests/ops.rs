@@ -9,6 +9,9 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 
+/// Bound for every poll here.
+const WAIT: Duration = Duration::from_secs(10);
+
 struct Files {
     dir: tempfile::TempDir,
 }
@@ -91,11 +94,20 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     }
     assert_eq!(up.count(), 1);
     p.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // Draining: readiness says 503 and new connections are refused.
-    assert_eq!(admin(p.admin_addr, "/readyz").await.0, 503);
+    let admin_addr = p.admin_addr;
     assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
+        eventually(WAIT, || async move {
+            admin(admin_addr, "/readyz").await.0 == 503
+        })
+        .await,
+        "/readyz never said 503 after SIGTERM"
+    );
+    assert!(
+        eventually(WAIT, || async move {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
         "still accepting after SIGTERM"
     );
     let (status, _, body) = slow.await.unwrap();
@@ -142,7 +154,16 @@ async fn sighup_swaps_in_the_rewritten_secret() {
     // A bad rewrite keeps the running key.
     std::fs::write(&secret, "\n").unwrap();
     p.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin_addr = p.admin_addr;
+    let failed = "scp_auth_proxy_credential_reloads_total{result=\"failed\"} 1";
+    assert!(
+        eventually(WAIT, || async move {
+            admin(admin_addr, "/metrics").await.1.contains(failed)
+        })
+        .await,
+        "the failed reload was never counted; log:\n{}",
+        p.log()
+    );
     assert!(signed_ok(&up, p.addr).await);
     let (_, metrics) = admin(p.admin_addr, "/metrics").await;
     assert!(
@@ -370,7 +391,12 @@ async fn trace_logs_never_contain_the_secret_or_signature() {
     send(&c, post).await;
     send(&c, get(p.addr, "/v1/status/500")).await;
     p.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The reload's own trace lines are part of what must not leak: wait for it to finish.
+    assert!(
+        eventually(WAIT, || async { p.log().contains("key pair reloaded") }).await,
+        "no reload after SIGHUP; log:\n{}",
+        p.log()
+    );
     p.signal("TERM");
     tokio::task::spawn_blocking({
         let child = p.child.take();

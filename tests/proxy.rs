@@ -212,8 +212,14 @@ async fn client_dropping_mid_body_aborts_upstream_request() {
     use tokio::io::AsyncWriteExt;
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&vec![b'x'; 40_000]).await.unwrap();
-    // Let the proxy start forwarding part of the body, then vanish.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the proxy is forwarding the body (the upstream has some of it), vanish.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            up.bytes_received() > 0
+        })
+        .await,
+        "the proxy never started forwarding the body"
+    );
     drop(s);
     // The upstream sees the body fail; never a complete 100000-byte body.
     for _ in 0..250 {

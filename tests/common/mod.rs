@@ -1,11 +1,26 @@
-//! Test support: a recording upstream that re-checks every signature from what it received,
-//! a proxy started in-process on 127.0.0.1:0, and small HTTP client helpers.
+//! Test support, one kit for every file in tests/: a recording upstream that re-checks every
+//! signature from what it received ([`signature_valid`]), one config builder
+//! ([`TestConfig`]), a proxy started in-process on 127.0.0.1:0, the real binary
+//! ([`Proc`], [`bin`]), one HTTP client ([`client`], [`send`]) and bounded polls
+//! ([`poll_until`]).
 #![allow(dead_code)]
 
+pub mod bin;
+pub mod config;
+pub mod poll;
 pub mod python;
+
+// Each test file uses some of these; the rest would warn per file.
+#[allow(unused_imports)]
+pub use self::bin::{bin, run};
+#[allow(unused_imports)]
+pub use self::config::TestConfig;
+#[allow(unused_imports)]
+pub use self::poll::{eventually, poll_until, poll_until_blocking};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +35,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use scp_auth_proxy::config::{self, Config, Overrides, Source};
+use scp_auth_proxy::config::Config;
 use scp_auth_proxy::credentials::Credentials;
 
 pub const SECRET: &str = "test-secret-Ω-key";
@@ -50,6 +65,8 @@ pub struct RecordingUpstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Recorded>>>,
     secret: Arc<Mutex<Vec<u8>>>,
+    /// Body bytes received so far, over all requests, counted as they arrive.
+    received: Arc<AtomicU64>,
 }
 
 impl RecordingUpstream {
@@ -60,6 +77,7 @@ impl RecordingUpstream {
             addr,
             seen: Arc::default(),
             secret: Arc::new(Mutex::new(secret.as_bytes().to_vec())),
+            received: Arc::default(),
         };
         let me = up.clone();
         tokio::spawn(async move {
@@ -99,6 +117,11 @@ impl RecordingUpstream {
         self.seen.lock().unwrap().len()
     }
 
+    /// Body bytes received so far (also of requests still in progress).
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, mut body) = req.into_parts();
         let target = parts
@@ -115,6 +138,7 @@ impl RecordingUpstream {
                 Ok(f) => {
                     if let Some(d) = f.data_ref() {
                         len += d.len() as u64;
+                        self.received.fetch_add(d.len() as u64, Ordering::Relaxed);
                         if keep {
                             buf.extend_from_slice(d);
                         }
@@ -162,20 +186,8 @@ impl RecordingUpstream {
 
     /// Recomputes the signature from what arrived: `http://` + Host + raw target.
     fn verify(&self, method: &str, target: &str, h: &HeaderMap) -> bool {
-        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let url = format!("http://{}{}", get("host"), target);
-        let msg = format!(
-            "{method}{url}{}{}{}{}",
-            get("scp-timestamp"),
-            get("scp-accesskey"),
-            get("scp-accountid"),
-            get("scp-clienttype")
-        );
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret.lock().unwrap()).unwrap();
-        mac.update(msg.as_bytes());
-        let expected =
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-        expected == get("scp-signature")
+        let secret = self.secret.lock().unwrap().clone();
+        signature_valid(&secret, "http", method, target, h)
     }
 }
 
@@ -184,29 +196,21 @@ pub fn config_from(toml: &str) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, toml).unwrap();
-    let cfg = config::load(&Source::File(path), &Overrides::default()).unwrap();
+    let cfg = scp_auth_proxy::config::load(
+        &scp_auth_proxy::config::Source::File(path),
+        &scp_auth_proxy::config::Overrides::default(),
+    )
+    .unwrap();
     (cfg, dir)
 }
 
-/// A config with one default service `virtualserver` pointing at `upstream`.
+/// [`TestConfig::new`] with `account_id`, then `extra` as it is (lines for the service, or
+/// further tables), as TOML.
 pub fn basic_toml(upstream: &str, account_id: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[credentials]
-access_key = "{ACCESS_KEY}"
-account_id = "{account_id}"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-upstream = "{upstream}"
-api_version = "1.3"
-region = "kr-west1"
-{extra}
-"#
-    )
+    TestConfig::new(upstream)
+        .credentials(&format!("account_id = \"{account_id}\""))
+        .raw(extra)
+        .toml()
 }
 
 pub fn credentials(cfg: &Config) -> Credentials {
@@ -453,12 +457,19 @@ pub fn tls_acceptor(cert: &str, key: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsA
     tokio_rustls::TlsAcceptor::from(Arc::new(tls))
 }
 
-/// Whether `Scp-Signature` in `h` is HMAC-SHA256 with `secret` over what arrived (`http://` +
-/// Host + the raw target).
-pub fn signature_valid(secret: &[u8], method: &str, target: &str, h: &HeaderMap) -> bool {
+/// Whether `Scp-Signature` in `h` is HMAC-SHA256 with `secret` over what arrived: `scheme`
+/// (`http` or `https`, as the proxy's upstream URL has it) + `://` + Host + the raw target,
+/// then timestamp, access key, account id and client type. The one verifier of the tests.
+pub fn signature_valid(
+    secret: &[u8],
+    scheme: &str,
+    method: &str,
+    target: &str,
+    h: &HeaderMap,
+) -> bool {
     let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     let msg = format!(
-        "{method}http://{}{target}{}{}{}{}",
+        "{method}{scheme}://{}{target}{}{}{}{}",
         get("host"),
         get("scp-timestamp"),
         get("scp-accesskey"),
@@ -557,6 +568,7 @@ impl ScriptedUpstream {
         };
         let signature_ok = signature_valid(
             SECRET.as_bytes(),
+            "http",
             parts.method.as_str(),
             &target,
             &parts.headers,
