@@ -930,10 +930,10 @@ fn systemd_unit_loads_the_credentials_it_points_the_proxy_at() {
 }
 
 #[test]
-fn yaml_reader_reads_block_style_and_refuses_the_rest() {
+fn manifests_read_as_strings_and_duplicate_keys_are_refused() {
     let docs = parse_yaml(
         "sample",
-        "# c\na: 1\nb:\n  - x\n  - name: y  # trailing\n    port: \"80\"\n  -\n    z: 'it''s'\nc: |\n  line # kept\n\n  two\nd: []\n---\ne:\n- f\n",
+        "# c\na: 1\nb:\n  - x\n  - name: y  # trailing\n    port: \"80\"\n  -\n    z: 'it''s'\nc: |\n  line # kept\n\n  two\nd: []\nf: [1, true]\n---\ne:\n- f\n",
     );
     assert_eq!(docs.len(), 2);
     let d = &docs[0];
@@ -944,23 +944,17 @@ fn yaml_reader_reads_block_style_and_refuses_the_rest() {
     assert_eq!(d.at("b").seq()[2].at("z").str(), "it's");
     assert_eq!(d.at("c").str(), "line # kept\n\ntwo\n");
     assert!(d.at("d").seq().is_empty());
+    assert_eq!(str_list(d.at("f")), ["1", "true"]);
     assert_eq!(docs[1].at("e").seq()[0].str(), "f");
-    for bad in [
-        "a: [1, 2]\n",
-        "a: &x 1\n",
-        "a: >\n  folded\n",
-        "a: !!str 1\n",
-        "a: 1\na: 2\n",
-    ] {
-        let r = std::panic::catch_unwind(|| parse_yaml("bad", bad));
-        assert!(r.is_err(), "the reader should refuse {bad:?}");
-    }
+    // A key written twice (the second silently winning in kubectl) fails the test.
+    let r = std::panic::catch_unwind(|| parse_yaml("bad", "a: 1\na: 2\n"));
+    assert!(r.is_err(), "a duplicate key must be refused");
 }
 
-// ------------------------------------------------------------------ a small YAML reader
+// ------------------------------------------------------------------ YAML
 
-/// Block-style YAML: mappings, sequences, plain/quoted scalars, `|` literal blocks, `---`.
-/// Scalars stay strings; anything else panics with the file and line.
+/// A manifest node as the checks see it: every scalar as text (`port: 80` and `port: "80"`
+/// both read "80"), so they compare strings.
 #[derive(Clone, Debug, PartialEq)]
 enum Yaml {
     Map(Vec<(String, Yaml)>),
@@ -1010,252 +1004,37 @@ impl Yaml {
     }
 }
 
+/// Every non-empty document of `text`, read by yaml-rust2 (YAML 1.2; a duplicate key is an
+/// error); anything it refuses panics naming the file and the position.
 fn parse_yaml(file: &str, text: &str) -> Vec<Yaml> {
-    let mut docs = Vec::new();
-    let mut chunk: Vec<(usize, String)> = Vec::new();
-    let mut flush = |chunk: &mut Vec<(usize, String)>| {
-        let mut r = Reader {
-            file,
-            lines: std::mem::take(chunk),
-            pos: 0,
-        };
-        let doc = r.block(0);
-        if let Some((no, _)) = r.peek() {
-            r.fail(no, "unexpected content (indentation?)");
-        }
-        if doc != Yaml::Null {
-            docs.push(doc);
-        }
-    };
-    for (i, line) in text.lines().enumerate() {
-        if line.trim_end() == "---" {
-            flush(&mut chunk);
-        } else {
-            chunk.push((i + 1, line.to_owned()));
-        }
-    }
-    flush(&mut chunk);
-    docs
+    yaml_rust2::YamlLoader::load_from_str(text)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .iter()
+        .map(|doc| node(file, doc))
+        .filter(|doc| *doc != Yaml::Null)
+        .collect()
 }
 
-struct Reader<'a> {
-    file: &'a str,
-    /// (line number, raw line)
-    lines: Vec<(usize, String)>,
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn fail(&self, line: usize, msg: &str) -> ! {
-        panic!(
-            "{}:{line}: {msg} (tests/deploy.rs reads block-style YAML only)",
-            self.file
-        )
-    }
-
-    /// The next line with content: (line number, indent, text without a trailing comment).
-    fn peek_full(&mut self) -> Option<(usize, usize, String)> {
-        while let Some((no, raw)) = self.lines.get(self.pos) {
-            let t = raw.trim_start_matches(' ');
-            if t.starts_with('\t') {
-                self.fail(*no, "tab indentation");
-            }
-            if t.trim().is_empty() || t.starts_with('#') {
-                self.pos += 1;
-                continue;
-            }
-            return Some((*no, raw.len() - t.len(), strip_comment(t).to_owned()));
-        }
-        None
-    }
-
-    fn peek(&mut self) -> Option<(usize, usize)> {
-        self.peek_full().map(|(no, ind, _)| (no, ind))
-    }
-
-    fn block(&mut self, min_indent: usize) -> Yaml {
-        match self.peek_full() {
-            Some((_, ind, text)) if ind >= min_indent => {
-                if is_item(&text) {
-                    self.seq(ind)
-                } else {
-                    self.mapping(ind)
-                }
-            }
-            _ => Yaml::Null,
-        }
-    }
-
-    fn mapping(&mut self, ind: usize) -> Yaml {
-        let mut entries: Vec<(String, Yaml)> = Vec::new();
-        while let Some((no, i, text)) = self.peek_full() {
-            if i < ind || (i == ind && is_item(&text)) {
-                break;
-            }
-            if i > ind {
-                self.fail(no, "unexpected indentation");
-            }
-            let Some((key, rest)) = split_key(&text) else {
-                self.fail(no, "expected `key: value`");
-            };
-            self.pos += 1;
-            let value = self.value(no, ind, &rest);
-            if entries.iter().any(|(k, _)| *k == key) {
-                self.fail(no, &format!("duplicate key {key:?}"));
-            }
-            entries.push((key, value));
-        }
-        Yaml::Map(entries)
-    }
-
-    fn value(&mut self, no: usize, ind: usize, rest: &str) -> Yaml {
-        match rest {
-            "" => match self.peek_full() {
-                Some((_, i, _)) if i > ind => self.block(i),
-                Some((_, i, t)) if i == ind && is_item(&t) => self.seq(ind),
-                _ => Yaml::Null,
-            },
-            "|" | "|-" => self.literal(ind, rest == "|-"),
-            _ => scalar(rest).unwrap_or_else(|m| self.fail(no, &m)),
-        }
-    }
-
-    fn seq(&mut self, ind: usize) -> Yaml {
-        let mut items = Vec::new();
-        while let Some((no, i, text)) = self.peek_full() {
-            if i != ind || !is_item(&text) {
-                if i > ind {
-                    self.fail(no, "unexpected indentation");
-                }
-                break;
-            }
-            let after = &text[1..];
-            let item = after.trim_start();
-            if item.is_empty() {
-                self.pos += 1;
-                items.push(self.block(ind + 1));
-            } else if split_key(item).is_some() {
-                // A mapping that starts on the dash's line: read that line again with the
-                // dash blanked, at the column of its first key.
-                let raw = &mut self.lines[self.pos].1;
-                raw.replace_range(ind..ind + 1, " ");
-                let col = ind + 1 + (after.len() - item.len());
-                items.push(self.mapping(col));
-            } else {
-                self.pos += 1;
-                items.push(scalar(item).unwrap_or_else(|m| self.fail(no, &m)));
-            }
-        }
-        Yaml::Seq(items)
-    }
-
-    /// A `|` block under a key at `ind`: lines indented deeper, comments included.
-    fn literal(&mut self, ind: usize, strip: bool) -> Yaml {
-        let mut out: Vec<String> = Vec::new();
-        let mut content_indent = None;
-        while let Some((_, raw)) = self.lines.get(self.pos) {
-            let t = raw.trim_start_matches(' ');
-            let i = raw.len() - t.len();
-            if t.is_empty() {
-                out.push(String::new());
-                self.pos += 1;
-                continue;
-            }
-            let ci = *content_indent.get_or_insert(i);
-            if i <= ind || i < ci {
-                break;
-            }
-            out.push(raw[ci..].to_owned());
-            self.pos += 1;
-        }
-        while out.last().is_some_and(String::is_empty) {
-            out.pop();
-        }
-        let mut s = out.join("\n");
-        if !strip && !s.is_empty() {
-            s.push('\n');
-        }
-        Yaml::Str(s)
+fn node(file: &str, y: &yaml_rust2::Yaml) -> Yaml {
+    use yaml_rust2::Yaml as Y;
+    match y {
+        Y::Hash(h) => Yaml::Map(
+            h.iter()
+                .map(|(k, v)| (scalar(file, k), node(file, v)))
+                .collect(),
+        ),
+        Y::Array(a) => Yaml::Seq(a.iter().map(|v| node(file, v)).collect()),
+        Y::Null => Yaml::Null,
+        other => Yaml::Str(scalar(file, other)),
     }
 }
 
-fn is_item(text: &str) -> bool {
-    text == "-" || text.starts_with("- ")
-}
-
-/// Drops a ` #` comment that is outside quotes.
-fn strip_comment(t: &str) -> &str {
-    let (mut single, mut double) = (false, false);
-    let bytes = t.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'\'' if !double => single = !single,
-            b'"' if !single => double = !double,
-            b'#' if !single && !double && (i == 0 || bytes[i - 1] == b' ') => {
-                return t[..i].trim_end();
-            }
-            _ => {}
-        }
+fn scalar(file: &str, y: &yaml_rust2::Yaml) -> String {
+    use yaml_rust2::Yaml as Y;
+    match y {
+        Y::String(s) | Y::Real(s) => s.clone(),
+        Y::Integer(i) => i.to_string(),
+        Y::Boolean(b) => b.to_string(),
+        other => panic!("{file}: expected a scalar, found {other:?}"),
     }
-    t.trim_end()
-}
-
-/// `key: rest` (the colon outside quotes, followed by a space or the end).
-fn split_key(text: &str) -> Option<(String, String)> {
-    let (mut single, mut double) = (false, false);
-    let bytes = text.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'\'' if !double => single = !single,
-            b'"' if !single => double = !double,
-            b':' if !single && !double && (i + 1 == bytes.len() || bytes[i + 1] == b' ') => {
-                let key = match scalar(text[..i].trim()) {
-                    Ok(Yaml::Str(k)) => k,
-                    _ => return None,
-                };
-                return Some((key, text[i + 1..].trim().to_owned()));
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-fn scalar(s: &str) -> Result<Yaml, String> {
-    match s {
-        "[]" => return Ok(Yaml::Seq(Vec::new())),
-        "{}" => return Ok(Yaml::Map(Vec::new())),
-        "~" | "null" => return Ok(Yaml::Null),
-        _ => {}
-    }
-    if let Some(inner) = s.strip_prefix('"') {
-        let inner = inner
-            .strip_suffix('"')
-            .ok_or_else(|| format!("unterminated string {s}"))?;
-        let mut out = String::new();
-        let mut chars = inner.chars();
-        while let Some(c) = chars.next() {
-            if c != '\\' {
-                out.push(c);
-                continue;
-            }
-            match chars.next() {
-                Some('n') => out.push('\n'),
-                Some('t') => out.push('\t'),
-                Some(c @ ('"' | '\\' | '/')) => out.push(c),
-                other => return Err(format!("unsupported escape \\{other:?} in {s}")),
-            }
-        }
-        return Ok(Yaml::Str(out));
-    }
-    if let Some(inner) = s.strip_prefix('\'') {
-        let inner = inner
-            .strip_suffix('\'')
-            .ok_or_else(|| format!("unterminated string {s}"))?;
-        return Ok(Yaml::Str(inner.replace("''", "'")));
-    }
-    if s.starts_with(['[', '{', '&', '*', '!', '>', '|', '%', '@', '`']) {
-        return Err(format!("unsupported YAML {s:?} (use block style)"));
-    }
-    Ok(Yaml::Str(s.to_owned()))
 }
