@@ -31,7 +31,7 @@ use crate::layers::limit::ConcurrencyLimitLayer;
 use crate::layers::retry::RetryLayer;
 use crate::layers::sign::SignLayer;
 use crate::layers::trace::TraceLayer;
-use crate::layers::tracecontext::TraceContextLayer;
+use crate::layers::tracecontext::{SpanExport, TraceContextLayer};
 use crate::layers::version::VersionPinLayer;
 use crate::layers::ReqBody;
 use crate::metrics::Metrics;
@@ -52,6 +52,8 @@ pub struct ProxyParts {
     pub max_inspected_body_bytes: usize,
     /// Where audit records go (`[audit] file`, else the log).
     pub(crate) audit: Sink,
+    /// The OTLP span exporter (`[telemetry] otlp_endpoint`), started by `start`.
+    pub(crate) telemetry: Option<crate::telemetry::Exporter>,
 }
 
 impl ProxyParts {
@@ -70,6 +72,7 @@ impl ProxyParts {
             max_inspected_body_bytes: config.server.max_inspected_body_bytes,
             // The file, when configured, is opened by `start` (an I/O error is not a service's).
             audit: Sink::Log,
+            telemetry: None,
         })
     }
 }
@@ -105,7 +108,12 @@ where
         // proxy's own rejections included.
         .layer(TraceLayer::new(parts.metrics.clone()))
         // Trace context before anything is logged: the access and audit lines carry its id.
-        .layer(TraceContextLayer)
+        .layer(TraceContextLayer::new(parts.telemetry.clone().map(
+            |exporter| SpanExport {
+                exporter,
+                routes: parts.routes.clone(),
+            },
+        )))
         // One audit record per answer, the proxy's own refusals included (so above Rescue).
         .layer(AuditLayer::new(
             parts.routes.clone(),

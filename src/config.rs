@@ -77,6 +77,43 @@ struct RawConfig {
     emulator: EmulatorConfig,
     #[serde(default)]
     audit: AuditConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: span export.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector (`http://127.0.0.1:4318`): spans go to `{endpoint}/v1/traces` (or
+    /// to the URL as written when it has a path). Unset: no spans are exported.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "scp-auth-proxy".into(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The URL spans are POSTed to, when export is on (validated at load).
+    pub fn traces_url(&self) -> Option<http::Uri> {
+        let e = self.otlp_endpoint.as_deref()?;
+        let uri: http::Uri = e.parse().ok()?;
+        if uri.path() == "/" {
+            format!("{}/v1/traces", e.trim_end_matches('/'))
+                .parse()
+                .ok()
+        } else {
+            Some(uri)
+        }
+    }
 }
 
 /// `[audit]`: where the per-request audit records go.
@@ -374,6 +411,7 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     pub emulator: EmulatorConfig,
     pub audit: AuditConfig,
+    pub telemetry: TelemetryConfig,
     /// Human-readable list of the files that were read, for messages.
     pub sources: Vec<PathBuf>,
 }
@@ -610,6 +648,7 @@ fn is_known_key(key: &str) -> bool {
         ("routing", &["default_service"]),
         ("emulator", &["in_process", "listen", "import_delay"]),
         ("audit", &["file"]),
+        ("telemetry", &["otlp_endpoint", "service_name"]),
     ];
     const SERVICE_KEYS: &[&str] = &[
         "upstream",
@@ -875,6 +914,29 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             ));
         }
     }
+    if let Some(e) = &raw.telemetry.otlp_endpoint {
+        let ok = e
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && u.query().is_none()
+            })
+            .is_some();
+        if !ok {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                format!("{e:?} is not an http(s) URL; write the collector's OTLP/HTTP address, e.g. http://127.0.0.1:4318"),
+            ));
+        }
+    }
+    if raw.telemetry.service_name.is_empty() || raw.telemetry.service_name.len() > 128 {
+        return Err(invalid(
+            "telemetry.service_name",
+            "must be 1 to 128 characters".into(),
+        ));
+    }
     Ok(Config {
         server,
         credentials: CredentialsConfig {
@@ -889,6 +951,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         services,
         emulator: raw.emulator,
         audit: raw.audit,
+        telemetry: raw.telemetry,
         sources,
     })
 }
@@ -1082,6 +1145,13 @@ impl Config {
         if let Some(f) = &self.audit.file {
             let _ = writeln!(o, "\n[audit]\nfile = \"{}\"", f.display());
         }
+        if let Some(e) = &self.telemetry.otlp_endpoint {
+            let _ = writeln!(
+                o,
+                "\n[telemetry]\notlp_endpoint = \"{e}\"\nservice_name = \"{}\"",
+                self.telemetry.service_name
+            );
+        }
         o
     }
 }
@@ -1182,6 +1252,31 @@ mod tests {
     }
 
     #[test]
+    fn otlp_endpoint_gets_the_traces_path_unless_it_has_one() {
+        let url = |e: &str| {
+            TelemetryConfig {
+                otlp_endpoint: Some(e.into()),
+                ..Default::default()
+            }
+            .traces_url()
+            .map(|u| u.to_string())
+        };
+        assert_eq!(
+            url("http://127.0.0.1:4318").as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert_eq!(
+            url("https://otel.example/").as_deref(),
+            Some("https://otel.example/v1/traces")
+        );
+        assert_eq!(
+            url("http://c:4318/custom/traces").as_deref(),
+            Some("http://c:4318/custom/traces")
+        );
+        assert_eq!(TelemetryConfig::default().traces_url(), None);
+    }
+
+    #[test]
     fn invalid_values_name_key_and_file() {
         Jail::expect_with(|jail| {
             jail.create_dir("config")?;
@@ -1220,6 +1315,14 @@ mod tests {
                 (
                     "[services.virtualserver]\nupstream = \"https://h:99999\"\n",
                     "services.virtualserver.upstream",
+                ),
+                (
+                    "[telemetry]\notlp_endpoint = \"127.0.0.1:4318\"\n",
+                    "telemetry.otlp_endpoint",
+                ),
+                (
+                    "[telemetry]\nservice_name = \"\"\n",
+                    "telemetry.service_name",
                 ),
             ] {
                 jail.create_file("config/p.toml", body)?;

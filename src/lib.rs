@@ -24,6 +24,7 @@ pub(crate) mod route;
 pub(crate) mod server;
 pub mod signer;
 pub mod target;
+pub(crate) mod telemetry;
 pub(crate) mod wait;
 
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Services(#[from] target::TargetError),
+    #[error("telemetry.otlp_endpoint: TLS setup failed: {0}")]
+    Telemetry(#[source] rustls::Error),
     #[error("audit.file {}: cannot open for appending: {source}", path.display())]
     AuditFile {
         path: std::path::PathBuf,
@@ -188,6 +191,9 @@ pub async fn start_with_egress(
             source,
         })?;
     }
+    parts.telemetry =
+        telemetry::Exporter::start(&config.telemetry, &metrics).map_err(StartError::Telemetry)?;
+    let spans = parts.telemetry.clone();
     let service = app::proxy_service(&parts);
     let listen_err = |source| StartError::Bind {
         addr: config.server.listen.clone(),
@@ -280,6 +286,10 @@ pub async fn start_with_egress(
         }
         admin_task.abort();
         monitor.abort();
+        if let Some(spans) = spans {
+            // The last requests' spans, bounded so a dead collector cannot hold up the exit.
+            spans.flush(std::time::Duration::from_secs(2)).await;
+        }
         drained
     });
     health.set_ready();

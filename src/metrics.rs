@@ -88,6 +88,8 @@ pub struct MetricSet {
     pub clock_skew_seconds: Gauge<f64, AtomicU64>,
     /// Retry decisions after a retryable failure, by outcome.
     pub retries: Family<RetryLabels, Counter>,
+    /// Spans for the OTLP exporter, by result (exported, failed, dropped).
+    pub spans: Family<ResultLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -188,6 +190,12 @@ impl Metrics {
             "Retryable upstream failures by outcome: retried, recovered (answered after a retry), exhausted (max_attempts), budget, deadline",
             retries.clone(),
         );
+        let spans = Family::<ResultLabel, Counter>::default();
+        r.register(
+            "spans",
+            "Spans for the OTLP exporter, by result: exported, failed (the collector refused or was unreachable), dropped (queue full)",
+            spans.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -208,6 +216,7 @@ impl Metrics {
             allowlist,
             clock_skew_seconds,
             retries,
+            spans,
         }))
     }
 

@@ -231,26 +231,7 @@ impl State {
             Some(_) => ("failed", None),
         };
         let forwarded = code.is_none();
-        let method = self.method.as_str();
-        // The path as the service saw it: routing strips a `/{service}` prefix.
-        let path = match self.layer.routes.split(self.uri.path(), None) {
-            Some(s) => s.path,
-            None => self.uri.path(),
-        };
-        let pattern = target.and_then(|t| {
-            let rule = t
-                .allowlist
-                .as_ref()
-                .and_then(|a| match a.list.decide(method, path) {
-                    Decision::Allowed(i) => a.list.rules.get(i).map(|r| r.text.as_str()),
-                    _ => None,
-                });
-            rule.or_else(|| operations::find(t.name(), method, path))
-        });
-        let operation = match pattern {
-            Some(p) => p.to_owned(),
-            None => format!("{method} {path}"),
-        };
+        let operation = operation(target, &self.layer.routes, &self.method, &self.uri);
         let upstream_request_id = forwarded
             .then(|| {
                 UPSTREAM_ID_HEADERS
@@ -282,6 +263,36 @@ impl State {
             response_bytes: resp.body().size_hint().exact(),
             access_key_id: self.layer.store.current().access_key.clone(),
         }
+    }
+}
+
+/// `METHOD` + the allowlist rule of `target` that matched, else the catalog's pattern, else
+/// `METHOD /path` as the service saw it: the name the audit record and the span use.
+pub(crate) fn operation(
+    target: Option<&Arc<Target>>,
+    routes: &Routes<Target>,
+    method: &Method,
+    uri: &Uri,
+) -> String {
+    let method = method.as_str();
+    // The path as the service saw it: routing strips a `/{service}` prefix.
+    let path = match routes.split(uri.path(), None) {
+        Some(s) => s.path,
+        None => uri.path(),
+    };
+    let pattern = target.and_then(|t| {
+        let rule = t
+            .allowlist
+            .as_ref()
+            .and_then(|a| match a.list.decide(method, path) {
+                Decision::Allowed(i) => a.list.rules.get(i).map(|r| r.text.as_str()),
+                _ => None,
+            });
+        rule.or_else(|| operations::find(t.name(), method, path))
+    });
+    match pattern {
+        Some(p) => p.to_owned(),
+        None => format!("{method} {path}"),
     }
 }
 

@@ -1,20 +1,30 @@
 //! W3C trace context: accept `traceparent`/`tracestate`, forward them, start a trace when none
-//! was sent.
+//! was sent, and (with `[telemetry] otlp_endpoint`) export one span per request.
 //!
 //! Guarantees: a valid incoming `traceparent` keeps its trace id and flags, and goes upstream
 //! with the proxy's own span id as the parent (the proxy is one hop); `tracestate` passes
 //! unchanged with it; an invalid or absent `traceparent` is replaced by a new trace (random
 //! trace and span ids, flags `00`) and any `tracestate` without a valid parent is dropped, as
 //! the W3C spec says. The trace id is in the request's and the response's extensions
-//! ([`TraceId`]) for the access and audit lines. Nothing else is changed.
+//! ([`TraceId`]) for the access and audit lines. With an exporter, sampling follows the
+//! parent (a caller's `sampled` flag decides; a trace the proxy starts is sampled, flags `01`),
+//! and each sampled request ends in one SERVER span whose id is the parent sent upstream;
+//! without one the proxy records nothing and starts traces unsampled. Nothing else is changed.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use std::time::SystemTime;
+
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
 use tower::{Layer, Service};
+
+use crate::error::{ErrorCode, ServedBy};
+use crate::route::Routes;
+use crate::target::Target;
+use crate::telemetry::{Attr, Exporter, SpanRecord};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -25,7 +35,7 @@ pub struct TraceId(pub [u8; 16]);
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     for b in bytes {
         out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
     }
@@ -187,8 +197,8 @@ fn tracestate_ok(h: &http::HeaderMap) -> bool {
 }
 
 /// What goes upstream for `incoming`: the same trace with the proxy's span as the parent, or
-/// a new trace; the bool says whether `tracestate` may stay.
-pub fn next_hop(incoming: Option<&str>) -> (Parent, bool) {
+/// a new trace (sampled when `sample_new`); the bool says whether `tracestate` may stay.
+pub fn next_hop(incoming: Option<&str>, sample_new: bool) -> (Parent, bool) {
     match incoming.and_then(parse) {
         Some(p) => (
             Parent {
@@ -201,25 +211,45 @@ pub fn next_hop(incoming: Option<&str>) -> (Parent, bool) {
             Parent {
                 trace_id: new_trace_id(),
                 span_id: new_span_id(),
-                flags: 0,
+                flags: u8::from(sample_new),
             },
             false,
         ),
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TraceContextLayer;
+/// What span export needs beside the exporter: the routes, to name the operation.
+#[derive(Clone, Debug)]
+pub struct SpanExport {
+    pub exporter: Exporter,
+    pub routes: Routes<Target>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TraceContextLayer {
+    export: Option<SpanExport>,
+}
+
+impl TraceContextLayer {
+    /// `export`: where spans go, when `[telemetry] otlp_endpoint` is set.
+    pub fn new(export: Option<SpanExport>) -> Self {
+        Self { export }
+    }
+}
 
 impl<S> Layer<S> for TraceContextLayer {
     type Service = TraceContext<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        TraceContext { inner }
+        TraceContext {
+            export: self.export.clone(),
+            inner,
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct TraceContext<S> {
+    export: Option<SpanExport>,
     inner: S,
 }
 
@@ -242,8 +272,24 @@ where
             (Some(v), None) => v.to_str().ok(),
             _ => None,
         };
-        let (parent, keep_state) = next_hop(incoming);
+        let caller = incoming.and_then(parse);
+        let (parent, keep_state) = next_hop(incoming, self.export.is_some());
         let keep_state = keep_state && tracestate_ok(req.headers());
+        let span = match &self.export {
+            Some(export) if parent.flags & 1 == 1 => Some(Box::new(PendingSpan {
+                export: export.clone(),
+                parent,
+                caller_span: caller.map(|c| c.span_id),
+                start: SystemTime::now(),
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                request_id: req
+                    .headers()
+                    .get(crate::layers::trace::X_REQUEST_ID)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            })),
+            _ => None,
+        };
         let h = req.headers_mut();
         h.insert(TRACEPARENT, parent.header_value());
         if !keep_state {
@@ -254,7 +300,55 @@ where
         TraceContextFuture {
             inner: self.inner.call(req),
             id,
+            span,
         }
+    }
+}
+
+/// A sampled request's span until its answer.
+struct PendingSpan {
+    export: SpanExport,
+    parent: Parent,
+    caller_span: Option<[u8; 8]>,
+    start: SystemTime,
+    method: Method,
+    uri: Uri,
+    request_id: Option<String>,
+}
+
+impl PendingSpan {
+    fn finish<RB>(self, resp: &Response<RB>) {
+        let ext = resp.extensions();
+        let target = ext
+            .get::<ServedBy>()
+            .and_then(|s| self.export.routes.get(s.0));
+        let name =
+            crate::layers::audit::operation(target, &self.export.routes, &self.method, &self.uri);
+        let status = resp.status().as_u16();
+        let mut attributes = vec![
+            ("http.request.method", Attr::Str(self.method.to_string())),
+            ("scp_auth_proxy.operation", Attr::Str(name.clone())),
+            ("http.response.status_code", Attr::Int(i64::from(status))),
+        ];
+        if let Some(t) = target {
+            attributes.push(("scp.service", Attr::Str(t.name().to_owned())));
+        }
+        if let Some(c) = ext.get::<ErrorCode>() {
+            attributes.push(("scp_auth_proxy.error_code", Attr::Str(c.0.to_owned())));
+        }
+        if let Some(id) = self.request_id {
+            attributes.push(("scp_auth_proxy.request_id", Attr::Str(id)));
+        }
+        self.export.exporter.export(SpanRecord {
+            trace_id: self.parent.trace_id,
+            span_id: self.parent.span_id,
+            parent_span_id: self.caller_span,
+            name,
+            start: self.start,
+            end: SystemTime::now(),
+            attributes,
+            error: status >= 500,
+        });
     }
 }
 
@@ -263,6 +357,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         id: TraceId,
+        // Boxed: only sampled requests with an exporter pay for it.
+        span: Option<Box<PendingSpan>>,
     }
 }
 
@@ -277,6 +373,9 @@ where
         let mut out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &mut out {
             resp.extensions_mut().insert(*this.id);
+            if let Some(span) = this.span.take() {
+                span.finish(resp);
+            }
         }
         Poll::Ready(out)
     }
@@ -314,14 +413,16 @@ mod tests {
 
     #[test]
     fn the_next_hop_keeps_the_trace_and_changes_the_parent() {
-        let (p, keep) = next_hop(Some(SAMPLE));
+        let (p, keep) = next_hop(Some(SAMPLE), false);
         assert!(keep);
         let orig = parse(SAMPLE).unwrap();
         assert_eq!((p.trace_id, p.flags), (orig.trace_id, orig.flags));
         assert_ne!(p.span_id, orig.span_id);
-        let (a, keep) = next_hop(None);
-        let (b, _) = next_hop(Some("garbage"));
+        let (a, keep) = next_hop(None, false);
+        let (b, _) = next_hop(Some("garbage"), true);
         assert!(!keep);
+        // A trace the proxy starts is sampled only when it exports spans.
+        assert_eq!((a.flags, b.flags), (0, 1));
         assert_ne!(a.trace_id, b.trace_id);
         assert!(parse(a.header_value().to_str().unwrap()).is_some());
     }
