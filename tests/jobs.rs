@@ -10,24 +10,14 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 
+/// The test proxy at `upstream` reading its secret from `secret_file`, its admin listener on
+/// `admin`, with `extra_server` lines.
 fn toml(upstream: &str, secret_file: &str, admin: &str, extra_server: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "{admin}"
-{extra_server}
-[credentials]
-access_key = "{ACCESS_KEY}"
-secret_key_file = "{secret_file}"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-upstream = "{upstream}"
-api_version = "1.3"
-region = "kr-west1"
-"#
-    )
+    TestConfig::new(upstream)
+        .secret_file(secret_file)
+        .server(&format!("admin_listen = \"{admin}\""))
+        .server(extra_server)
+        .toml()
 }
 
 fn free_port() -> std::net::SocketAddr {
@@ -36,29 +26,25 @@ fn free_port() -> std::net::SocketAddr {
 }
 
 fn wait_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_scp-auth-proxy"));
-    c.arg("wait")
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut c = bin(&["wait"]);
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
 
 /// Waits (bounded) for `child` and returns its exit code and stderr.
 fn finish(mut child: std::process::Child, within: Duration) -> (Option<i32>, String) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
+    match poll_until_blocking(within, || child.try_wait().unwrap()) {
+        Some(status) => {
             let mut err = String::new();
             std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-            return (status.code(), err);
+            (status.code(), err)
         }
-        std::thread::sleep(Duration::from_millis(20));
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            (None, String::new())
+        }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    (None, String::new())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,11 +146,10 @@ async fn quitquitquit_drains_in_flight_requests_then_exits_zero() {
     assert_eq!(admin_req(p.admin_addr, "GET", "/readyz").await.0, 200);
     let addr = p.addr;
     let slow = tokio::spawn(async move { send(&client(), get(addr, "/v1/slow/1500")).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.count() == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(up.count(), 1, "the slow request never reached the upstream");
+    assert!(
+        eventually(Duration::from_secs(5), || async { up.count() == 1 }).await,
+        "the slow request never reached the upstream"
+    );
     let (status, text) = admin_req(p.admin_addr, "POST", "/quitquitquit").await;
     assert_eq!((status, text.as_str()), (200, "draining\n"));
     assert_eq!(admin_req(p.admin_addr, "GET", "/readyz").await.0, 503);

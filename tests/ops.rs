@@ -32,32 +32,9 @@ impl Files {
     }
 }
 
-fn proxy_toml(
-    upstream: &str,
-    secret_file: &str,
-    extra_server: &str,
-    extra_creds: &str,
-    extra_svc: &str,
-) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-{extra_server}
-[credentials]
-access_key = "{ACCESS_KEY}"
-secret_key_file = "{secret_file}"
-{extra_creds}
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-upstream = "{upstream}"
-api_version = "1.3"
-region = "kr-west1"
-{extra_svc}
-"#
-    )
+/// The test proxy at `upstream`, reading its secret from `secret_file`.
+fn proxy(upstream: &str, secret_file: &str) -> TestConfig {
+    TestConfig::new(upstream).secret_file(secret_file)
 }
 
 async fn admin(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
@@ -79,20 +56,19 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     let secret = f.write("secret", &format!("{SECRET}\n"));
     let cfg = f.write(
         "p.toml",
-        &proxy_toml(&up.base(), &secret, "shutdown_grace = \"10s\"", "", ""),
+        &proxy(&up.base(), &secret)
+            .server("shutdown_grace = \"10s\"")
+            .toml(),
     );
     let mut p = Proc::start(&["--config", &cfg], &[]);
     assert_eq!(admin(p.admin_addr, "/readyz").await.0, 200);
     let addr = p.addr;
     let slow = tokio::spawn(async move { send(&client(), get(addr, "/v1/slow/1500")).await });
     // Wait until the upstream holds the request, then ask the proxy to stop.
-    for _ in 0..200 {
-        if up.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(up.count(), 1);
+    assert!(
+        eventually(WAIT, || async { up.count() == 1 }).await,
+        "the slow request never reached the upstream"
+    );
     p.signal("TERM");
     // Draining: readiness says 503 and new connections are refused.
     let admin_addr = p.admin_addr;
@@ -127,7 +103,9 @@ async fn sighup_swaps_in_the_rewritten_secret() {
     // No file watching: only the signal may reload.
     let cfg = f.write(
         "p.toml",
-        &proxy_toml(&up.base(), &secret, "", "watch_interval = \"0s\"", ""),
+        &proxy(&up.base(), &secret)
+            .credentials("watch_interval = \"0s\"")
+            .toml(),
     );
     let p = Proc::start(&["--config", &cfg], &[]);
     assert!(
@@ -142,14 +120,7 @@ async fn sighup_swaps_in_the_rewritten_secret() {
         "old key must be rejected after rotation"
     );
     p.signal("HUP");
-    let mut ok = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if signed_ok(&up, p.addr).await {
-            ok = true;
-            break;
-        }
-    }
+    let ok = eventually(WAIT, || signed_ok(&up, p.addr)).await;
     assert!(ok, "new key not used after SIGHUP; log:\n{}", p.log());
     // A bad rewrite keeps the running key.
     std::fs::write(&secret, "\n").unwrap();
@@ -187,17 +158,14 @@ async fn sighup_swaps_in_the_rewritten_secret() {
     );
     std::fs::write(&cfg, toml).unwrap();
     p.signal("HUP");
-    let mut account = String::new();
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let account = poll_until(WAIT, || async {
         assert!(signed_ok(&up, p.addr).await);
         let r = up.requests().pop().unwrap();
-        if let Some(a) = r.headers.get("scp-accountid") {
-            account = a.to_str().unwrap().to_owned();
-            break;
-        }
-    }
-    assert_eq!(account, "acct-after-reload");
+        let account = r.headers.get("scp-accountid")?;
+        Some(account.to_str().unwrap().to_owned())
+    })
+    .await;
+    assert_eq!(account.as_deref(), Some("acct-after-reload"));
     assert!(p.log().contains("only the key pair and"), "{}", p.log());
 }
 
@@ -209,14 +177,9 @@ async fn sighup_rotation_against_the_emulator() {
     let emu_secret = f.write("emulator-secret", "old-pair-secret\n");
     let emu = Proc::emulator(&["--listen", "127.0.0.1:0", "--secret-key-file", &emu_secret]);
     let secret = f.write("secret", "old-pair-secret\n");
-    let toml = proxy_toml(
-        &format!("http://{}", emu.addr),
-        &secret,
-        "",
-        "watch_interval = \"0s\"",
-        "",
-    )
-    .replace(ACCESS_KEY, "emulator-access-key");
+    let toml = proxy(&format!("http://{}", emu.addr), &secret)
+        .credentials("watch_interval = \"0s\"\naccess_key = \"emulator-access-key\"")
+        .toml();
     let cfg = f.write("p.toml", &toml);
     let p = Proc::start(&["--config", &cfg], &[]);
     let status = || async { send(&client(), get(p.addr, "/v1/images")).await };
@@ -224,15 +187,11 @@ async fn sighup_rotation_against_the_emulator() {
     // The cloud side rotates first: the proxy's old key is now refused with SCP's 401.
     std::fs::write(&emu_secret, "new-pair-secret\n").unwrap();
     emu.signal("HUP");
-    let mut refused = None;
-    for _ in 0..100 {
+    let refused = poll_until(WAIT, || async {
         let (s, _, body) = status().await;
-        if s == 401 {
-            refused = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (s == 401).then_some(body)
+    })
+    .await;
     let body = refused.expect("the emulator kept accepting the old key");
     assert!(
         String::from_utf8_lossy(&body).contains("\"errors\""),
@@ -241,14 +200,7 @@ async fn sighup_rotation_against_the_emulator() {
     // Then the sidecar: the next request carries the new key and is accepted.
     std::fs::write(&secret, "new-pair-secret\n").unwrap();
     p.signal("HUP");
-    let mut ok = false;
-    for _ in 0..100 {
-        if status().await.0 == 200 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ok = eventually(WAIT, || async { status().await.0 == 200 }).await;
     assert!(ok, "proxy still signs with the old key; log:\n{}", p.log());
     for log in [p.log(), emu.log()] {
         assert!(
@@ -269,13 +221,9 @@ async fn key_file_change_is_noticed_without_a_signal() {
     std::os::unix::fs::symlink("..data/secret", f.path("secret")).unwrap();
     let cfg = f.write(
         "p.toml",
-        &proxy_toml(
-            &up.base(),
-            &f.path("secret"),
-            "",
-            "watch_interval = \"200ms\"",
-            "",
-        ),
+        &proxy(&up.base(), &f.path("secret"))
+            .credentials("watch_interval = \"200ms\"")
+            .toml(),
     );
     let p = Proc::start(&["--config", &cfg], &[]);
     assert!(signed_ok(&up, p.addr).await);
@@ -284,14 +232,7 @@ async fn key_file_change_is_noticed_without_a_signal() {
     std::os::unix::fs::symlink("..v2", f.path("..data_tmp")).unwrap();
     std::fs::rename(f.path("..data_tmp"), f.path("..data")).unwrap();
     up.set_secret("second");
-    let mut ok = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if signed_ok(&up, p.addr).await {
-            ok = true;
-            break;
-        }
-    }
+    let ok = eventually(WAIT, || signed_ok(&up, p.addr)).await;
     assert!(
         ok,
         "the swapped key file was not picked up; log:\n{}",
@@ -303,11 +244,9 @@ async fn key_file_change_is_noticed_without_a_signal() {
 async fn metrics_count_requests_and_rejections() {
     let up = RecordingUpstream::start(SECRET).await;
     // The shutdown delay keeps the listeners up long enough to see /readyz turn 503.
-    let toml = basic_toml(&up.base(), "", "").replace(
-        "admin_listen = \"127.0.0.1:0\"",
-        "admin_listen = \"127.0.0.1:0\"\nshutdown_delay = \"3s\"",
-    );
-    let (cfg, _d) = config_from(&toml);
+    let (cfg, _d) = TestConfig::new(&up.base())
+        .server("shutdown_delay = \"3s\"")
+        .load();
     let proxy = start_proxy(cfg).await;
     let c = client();
     for _ in 0..3 {
@@ -341,23 +280,18 @@ async fn metrics_count_requests_and_rejections() {
 #[tokio::test]
 async fn concurrency_limit_answers_503_then_recovers() {
     let up = RecordingUpstream::start(SECRET).await;
-    let mut toml = basic_toml(&up.base(), "", "");
-    toml = toml.replace(
-        "admin_listen = \"127.0.0.1:0\"",
-        "admin_listen = \"127.0.0.1:0\"\nmax_concurrent_requests = 2",
-    );
-    let (cfg, _d) = config_from(&toml);
+    let (cfg, _d) = TestConfig::new(&up.base())
+        .server("max_concurrent_requests = 2")
+        .load();
     let proxy = start_proxy(cfg).await;
     let addr = proxy.addr;
     let slow: Vec<_> = (0..2)
         .map(|_| tokio::spawn(async move { send(&client(), get(addr, "/v1/slow/800")).await }))
         .collect();
-    for _ in 0..200 {
-        if up.count() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    assert!(
+        eventually(WAIT, || async { up.count() == 2 }).await,
+        "the two slow requests never reached the upstream"
+    );
     let (status, headers, b) = send(&client(), get(addr, "/v1/images")).await;
     assert_eq!(status, 503);
     assert_eq!(headers["retry-after"], "1");
@@ -380,7 +314,7 @@ async fn trace_logs_never_contain_the_secret_or_signature() {
     let up = RecordingUpstream::start(SENTINEL).await;
     let f = Files::new();
     let secret = f.write("secret", &format!("{SENTINEL}\n"));
-    let cfg = f.write("p.toml", &proxy_toml(&up.base(), &secret, "", "", ""));
+    let cfg = f.write("p.toml", &proxy(&up.base(), &secret).toml());
     let mut p = Proc::start(&["--config", &cfg], &[("RUST_LOG", "trace")]);
     let c = client();
     send(&c, get(p.addr, "/v1/images?x=1")).await;
@@ -398,16 +332,9 @@ async fn trace_logs_never_contain_the_secret_or_signature() {
         p.log()
     );
     p.signal("TERM");
-    tokio::task::spawn_blocking({
-        let child = p.child.take();
-        move || {
-            let mut child = child.unwrap();
-            let _ = child.wait();
-        }
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Until it has exited and its output is read to the end: the whole log is checked.
+    let code = tokio::task::block_in_place(|| p.wait_exit(WAIT));
+    assert_eq!(code, Some(0), "log:\n{}", p.log());
     let log = p.log();
     assert!(
         log.lines().count() > 20,
@@ -419,17 +346,11 @@ async fn trace_logs_never_contain_the_secret_or_signature() {
         assert!(!log.contains(sig), "a signature reached the log");
     }
     // check-config prints the config with the secret redacted.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scp-auth-proxy"))
-        .args(["check-config", "--config", &cfg])
-        .env("RUST_LOG", "trace")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (code, all) = run(
+        &["check-config", "--config", &cfg],
+        &[("RUST_LOG", "trace")],
     );
+    assert_eq!(code, Some(0), "{all}");
     assert!(
         all.contains("<redacted>") && !all.contains(SENTINEL),
         "{all}"

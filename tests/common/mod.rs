@@ -335,7 +335,7 @@ impl Proc {
         fd_limit: Option<u64>,
     ) -> (std::process::Child, Arc<Mutex<String>>, serde_json::Value) {
         use std::io::BufRead;
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scp-auth-proxy"));
+        let mut cmd = bin(args);
         if let Some(n) = fd_limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: only setrlimit runs between fork and exec.
@@ -352,11 +352,8 @@ impl Proc {
                 });
             }
         }
-        cmd.args(args)
-            .arg("--log-format")
+        cmd.arg("--log-format")
             .arg("json")
-            .env_remove("SCP_SECRET_KEY")
-            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         for (k, v) in envs {
@@ -408,17 +405,15 @@ impl Proc {
         assert!(ok, "kill -{sig} failed");
     }
 
-    /// Waits (bounded) for the process to exit and returns its exit code.
+    /// Waits (bounded) for the process to exit, then for its output to be read to the end,
+    /// and returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + within;
         let child = self.child.as_mut().unwrap();
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        let code = poll_until_blocking(within, || child.try_wait().unwrap())?.code();
+        // Each reader thread holds a clone of `log` until its pipe ends.
+        let log = &self.log;
+        poll_until_blocking(within, || (Arc::strong_count(log) == 1).then_some(()));
+        code
     }
 
     pub fn log(&self) -> String {
