@@ -21,12 +21,10 @@ async fn proxy_for(
     up: &ScriptedUpstream,
     version: &str,
 ) -> (scp_auth_proxy::Running, tempfile::TempDir) {
-    let toml = basic_toml(&up.base(), "", "").replace(
-        "api_version = \"1.3\"",
-        &format!("api_version = \"{version}\""),
-    );
-    let (mut cfg, dir) = config_from(&toml);
-    cfg.server.check_live_versions = false;
+    let (cfg, dir) = TestConfig::new(&up.base())
+        .server("check_live_versions = false")
+        .service(&format!("api_version = \"{version}\""))
+        .load();
     (start_proxy(cfg).await, dir)
 }
 
@@ -128,11 +126,9 @@ async fn an_upstream_that_is_the_proxy_itself_is_refused_at_start() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = free.local_addr().unwrap().port();
     drop(free);
-    let toml = basic_toml(&format!("http://127.0.0.1:{port}"), "", "").replace(
-        "listen = \"127.0.0.1:0\"\nadmin",
-        &format!("listen = \"127.0.0.1:{port}\"\nadmin"),
-    );
-    let (cfg, _dir) = config_from(&toml);
+    let (cfg, _dir) = TestConfig::new(&format!("http://127.0.0.1:{port}"))
+        .server(&format!("listen = \"127.0.0.1:{port}\""))
+        .load();
     let creds = credentials(&cfg);
     let err = match scp_auth_proxy::start(cfg, creds).await {
         Ok(_) => panic!("a loop must not start"),

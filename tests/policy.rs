@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use serde_json::json;
 
-use common::{body, client, config_from, error_code, send, RecordingUpstream, SECRET};
+use common::{body, client, error_code, send, RecordingUpstream, TestConfig, SECRET};
 use scp_auth_proxy::catalog::{self, Date};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -24,31 +24,14 @@ fn good_url() -> String {
 }
 
 /// virtualserver with an allowlist, and iam without one, both at `upstream`.
-fn toml(upstream: &str, pin: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-check_live_versions = false
-max_inspected_body_bytes = 65536
-[credentials]
-access_key = "{ak}"
-account_id = "{ACCT}"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-upstream = "{upstream}"
-api_version = "{pin}"
-region = "kr-west1"
-allow_unsupported_version = true
-allow = ["GET /v1/images/**", "POST /v1/images", "POST /v1/images/*/import"]
-[services.iam]
-upstream = "{upstream}"
-api_version = "1.0"
-"#,
-        ak = common::ACCESS_KEY
-    )
+fn config(upstream: &str, pin: &str) -> TestConfig {
+    TestConfig::new(upstream)
+        .server("check_live_versions = false\nmax_inspected_body_bytes = 65536")
+        .credentials(&format!("account_id = \"{ACCT}\""))
+        .service(&format!("api_version = \"{pin}\""))
+        .service("allow_unsupported_version = true")
+        .service(r#"allow = ["GET /v1/images/**", "POST /v1/images", "POST /v1/images/*/import"]"#)
+        .add_service("iam", upstream, "1.0")
 }
 
 struct Setup {
@@ -59,7 +42,7 @@ struct Setup {
 
 async fn setup_with(pin: &str) -> Setup {
     let up = RecordingUpstream::start(SECRET).await;
-    let (cfg, dir) = config_from(&toml(&up.base(), pin));
+    let (cfg, dir) = config(&up.base(), pin).load();
     let proxy = common::start_proxy(cfg).await;
     Setup {
         up,
@@ -365,7 +348,7 @@ async fn past_its_date_pin_still_serves_and_days_left_goes_negative() {
 async fn live_version_list_is_read_and_compared() {
     use scp_auth_proxy::{monitor, policy::lifecycle};
     let emu = emulator().await;
-    let (cfg, _dir) = config_from(&toml(&emu.base_url(), "1.3"));
+    let (cfg, _dir) = config(&emu.base_url(), "1.3").load();
     let svc = cfg.service("virtualserver").unwrap();
     let live = monitor::fetch_live(
         svc,
@@ -379,10 +362,7 @@ async fn live_version_list_is_read_and_compared() {
     assert_eq!(lifecycle::compare_live(svc.pin(), &live), vec![]);
     // An upstream that does not answer in time is reported, not waited on.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (cfg, _dir2) = config_from(&toml(
-        &format!("http://{}", silent.local_addr().unwrap()),
-        "1.3",
-    ));
+    let (cfg, _dir2) = config(&format!("http://{}", silent.local_addr().unwrap()), "1.3").load();
     let started = std::time::Instant::now();
     let err = monitor::fetch_live(
         cfg.service("virtualserver").unwrap(),
@@ -413,7 +393,7 @@ async fn emulator() -> scp_auth_proxy::emulator::EmulatorHandle {
 async fn through_the_emulator_import_is_accepted_and_bad_urls_are_refused_by_the_proxy() {
     use scp_auth_proxy::emulator::images::DEMO_IMAGE_ID;
     let emu = emulator().await;
-    let (cfg, _dir) = config_from(&toml(&emu.base_url(), "1.3"));
+    let (cfg, _dir) = config(&emu.base_url(), "1.3").load();
     let proxy = common::start_proxy(cfg).await;
     let c = client();
     let path = format!("/v1/images/{DEMO_IMAGE_ID}/import");

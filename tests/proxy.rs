@@ -18,7 +18,10 @@ async fn setup(
     tempfile::TempDir,
 ) {
     let up = RecordingUpstream::start(SECRET).await;
-    let (cfg, dir) = config_from(&basic_toml(&up.base(), account_id, extra));
+    let (cfg, dir) = TestConfig::new(&up.base())
+        .credentials(&format!("account_id = \"{account_id}\""))
+        .service(extra)
+        .load();
     let proxy = start_proxy(cfg).await;
     (up, proxy, dir)
 }
@@ -164,7 +167,7 @@ async fn unreachable_upstream_is_502_json() {
         .local_addr()
         .unwrap()
         .port();
-    let (cfg, _d) = config_from(&basic_toml(&format!("http://127.0.0.1:{port}"), "", ""));
+    let (cfg, _d) = TestConfig::new(&format!("http://127.0.0.1:{port}")).load();
     let proxy = start_proxy(cfg).await;
     let (status, headers, body) = send(&client(), get(proxy.addr, "/v1/images")).await;
     assert_eq!(status, 502);
@@ -222,12 +225,7 @@ async fn client_dropping_mid_body_aborts_upstream_request() {
     );
     drop(s);
     // The upstream sees the body fail; never a complete 100000-byte body.
-    for _ in 0..250 {
-        if up.count() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), || async { up.count() > 0 }).await;
     let seen = up.requests();
     assert_eq!(
         seen.len(),
@@ -242,8 +240,9 @@ async fn client_dropping_mid_body_aborts_upstream_request() {
 async fn absolute_form_connect_and_unknown_paths_are_refused() {
     let up = RecordingUpstream::start(SECRET).await;
     // No default service: an unknown path has nowhere to go.
-    let toml = basic_toml(&up.base(), "", "").replace("default_service = \"virtualserver\"", "");
-    let (cfg, _d) = config_from(&toml);
+    let (cfg, _d) = TestConfig::new(&up.base())
+        .remove("routing", "default_service")
+        .load();
     let proxy = start_proxy(cfg).await;
     let out = raw(proxy.addr, b"GET http://evil.example/v1/images HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
@@ -270,11 +269,9 @@ async fn absolute_form_connect_and_unknown_paths_are_refused() {
 async fn service_prefix_routes_to_its_own_upstream() {
     let vs = RecordingUpstream::start(SECRET).await;
     let iam = RecordingUpstream::start(SECRET).await;
-    let extra = format!(
-        "[services.iam]\nupstream = \"{}\"\napi_version = \"1.0\"\n",
-        iam.base()
-    );
-    let (cfg, _d) = config_from(&basic_toml(&vs.base(), "", &extra));
+    let (cfg, _d) = TestConfig::new(&vs.base())
+        .add_service("iam", &iam.base(), "1.0")
+        .load();
     let proxy = start_proxy(cfg).await;
     let (status, _, _) = send(&client(), get(proxy.addr, "/iam/v1/endpoints?a=1")).await;
     assert_eq!(status, 200);
@@ -337,28 +334,20 @@ async fn client_gone_mid_request_leaves_no_request_in_flight() {
     s.write_all(b"GET /v1/slow/3000 HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    for _ in 0..200 {
-        if up.count() == 1 {
-            break;
+    let in_flight = |n: u32| {
+        let metrics = &proxy.metrics;
+        move || async move {
+            metrics
+                .encode()
+                .contains(&format!("scp_auth_proxy_in_flight_requests {n}"))
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(proxy
-        .metrics
-        .encode()
-        .contains("scp_auth_proxy_in_flight_requests 1"));
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async { up.count() == 1 }).await,
+        "the request never reached the upstream"
+    );
+    assert!(in_flight(1)().await, "{}", proxy.metrics.encode());
     drop(s);
-    let mut gauge_back = false;
-    for _ in 0..200 {
-        if proxy
-            .metrics
-            .encode()
-            .contains("scp_auth_proxy_in_flight_requests 0")
-        {
-            gauge_back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let gauge_back = eventually(Duration::from_secs(5), in_flight(0)).await;
     assert!(gauge_back, "{}", proxy.metrics.encode());
 }

@@ -7,8 +7,10 @@ use common::*;
 use http::Request;
 
 async fn proxy(up: &str, retry: &str) -> (scp_auth_proxy::Running, tempfile::TempDir) {
-    let (mut cfg, dir) = config_from(&basic_toml(up, "", retry));
-    cfg.server.check_live_versions = false;
+    let (cfg, dir) = TestConfig::new(up)
+        .server("check_live_versions = false")
+        .raw(retry)
+        .load();
     (start_proxy(cfg).await, dir)
 }
 

@@ -74,7 +74,7 @@ async fn forwards_over_tls_with_extra_ca_and_h2_by_alpn() {
     let (up, seen) = tls_upstream().await;
     let upstream = format!("https://localhost:{}", up.port());
     let extra = format!("ca_file = \"{FIXTURES}/ca.pem\"");
-    let (cfg, _d) = config_from(&basic_toml(&upstream, "", &extra));
+    let (cfg, _d) = TestConfig::new(&upstream).service(&extra).load();
     let proxy = start_proxy(cfg).await;
     let (status, _, body) = send(&client(), get(proxy.addr, "/v1/images?name=a%20b")).await;
     assert_eq!(status, 200, "{body:?}");
@@ -98,11 +98,7 @@ async fn forwards_over_tls_with_extra_ca_and_h2_by_alpn() {
 #[tokio::test]
 async fn untrusted_certificate_is_502() {
     let (up, seen) = tls_upstream().await;
-    let (cfg, _d) = config_from(&basic_toml(
-        &format!("https://localhost:{}", up.port()),
-        "",
-        "",
-    ));
+    let (cfg, _d) = TestConfig::new(&format!("https://localhost:{}", up.port())).load();
     let proxy = start_proxy(cfg).await;
     let (status, _, body) = send(&client(), get(proxy.addr, "/v1/images")).await;
     assert_eq!(status, 502);
