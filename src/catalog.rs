@@ -1,6 +1,11 @@
 //! The built-in catalog of SCP API versions and their lifecycle, shared by the version-pin
 //! policy, `check-config`, `versions` and the emulator. Dates come from SCP's documentation
 //! (see README); the clock is always passed in, so tests never depend on today.
+//!
+//! SCP versions each operation, so every entry belongs to an [`OperationSet`]: the operations
+//! one documentation page gives these dates for (today: virtualserver's image operations, from
+//! the image-import page). A version of an operation outside every set is *unknown*: the
+//! catalog has no verdict on it, and nothing may refuse it on the catalog's word.
 
 use std::time::SystemTime;
 
@@ -91,10 +96,41 @@ impl std::fmt::Display for Date {
     }
 }
 
-/// One known version of one service.
+/// Operations of one service that SCP documents one version lifecycle for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OperationSet {
+    pub service: &'static str,
+    /// What they are, for messages: "image operations".
+    pub name: &'static str,
+    /// Which requests belong to the set: `METHOD /path` patterns in the allowlist syntax
+    /// (`*` one segment, `**` any), matched on the path after the service prefix.
+    pub operations: &'static [&'static str],
+}
+
+/// virtualserver's image operations (`/v1/images` and below, every method): the versions and
+/// dates of SCP's image-import page.
+pub const IMAGE_OPERATIONS: OperationSet = OperationSet {
+    service: "virtualserver",
+    name: "image operations",
+    operations: &[
+        "GET /v1/images/**",
+        "HEAD /v1/images/**",
+        "POST /v1/images/**",
+        "PUT /v1/images/**",
+        "PATCH /v1/images/**",
+        "DELETE /v1/images/**",
+    ],
+};
+
+/// Every operation set the catalog has versions for.
+pub const OPERATION_SETS: &[&OperationSet] = &[&IMAGE_OPERATIONS];
+
+/// One known version of the operations in one [`OperationSet`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Version {
     pub service: &'static str,
+    /// The operations these dates are documented for.
+    pub operations: &'static OperationSet,
     /// `MAJOR.MINOR`
     pub version: &'static str,
     pub status: Status,
@@ -119,29 +155,56 @@ impl Version {
 pub const CATALOG: &[Version] = &[
     Version {
         service: "virtualserver",
+        operations: &IMAGE_OPERATIONS,
         version: "1.3",
         status: Status::Current,
         last_day: None,
     },
     Version {
         service: "virtualserver",
+        operations: &IMAGE_OPERATIONS,
         version: "1.2",
         status: Status::Supported,
         last_day: Some(Date::new(2026, 8, 31)),
     },
     Version {
         service: "virtualserver",
+        operations: &IMAGE_OPERATIONS,
         version: "1.1",
         status: Status::Deprecated,
         last_day: Some(Date::new(2026, 5, 31)),
     },
     Version {
         service: "virtualserver",
+        operations: &IMAGE_OPERATIONS,
         version: "1.0",
         status: Status::Deprecated,
         last_day: Some(Date::new(2025, 12, 31)),
     },
 ];
+
+/// The operation sets of `service` the catalog has versions for.
+pub fn sets_of(service: &str) -> impl Iterator<Item = &'static OperationSet> + '_ {
+    OPERATION_SETS
+        .iter()
+        .copied()
+        .filter(move |s| s.service == service)
+}
+
+/// Every known version of the operations in `set`, newest first.
+pub fn versions_in(set: &'static OperationSet) -> impl Iterator<Item = &'static Version> {
+    CATALOG.iter().filter(move |v| v.operations == set)
+}
+
+/// The entry for `version` of the operations in `set`.
+pub fn find_in(set: &'static OperationSet, version: &str) -> Option<&'static Version> {
+    versions_in(set).find(|v| v.version == version)
+}
+
+/// The CURRENT version of the operations in `set`.
+pub fn current_in(set: &'static OperationSet) -> Option<&'static Version> {
+    versions_in(set).find(|v| v.status == Status::Current)
+}
 
 /// The catalog entry for `service` at `version`.
 pub fn find(service: &str, version: &str) -> Option<&'static Version> {
@@ -201,5 +264,25 @@ mod tests {
         assert_eq!(v13.version, "1.3");
         assert!(v13.is_supported_on(Date::new(2099, 1, 1)));
         assert!(find("virtualserver", "9.9").is_none());
+    }
+
+    #[test]
+    fn every_version_belongs_to_a_set_of_its_service() {
+        for v in CATALOG {
+            assert_eq!(v.operations.service, v.service, "{v:?}");
+            assert!(OPERATION_SETS.contains(&v.operations));
+        }
+        let image: Vec<_> = versions_in(&IMAGE_OPERATIONS).map(|v| v.version).collect();
+        assert_eq!(image, ["1.3", "1.2", "1.1", "1.0"]);
+        assert_eq!(
+            current_in(&IMAGE_OPERATIONS).map(|v| v.version),
+            Some("1.3")
+        );
+        assert_eq!(
+            find_in(&IMAGE_OPERATIONS, "1.0").and_then(|v| v.last_day),
+            Some(Date::new(2025, 12, 31))
+        );
+        assert_eq!(sets_of("virtualserver").count(), 1);
+        assert_eq!(sets_of("iam").count(), 0);
     }
 }

@@ -296,11 +296,23 @@ impl Default for RawCredentials {
 }
 
 /// `[routing]`
-#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Service for paths whose first segment names no configured service.
     pub default_service: Option<String>,
+    /// Rewrite the IAM endpoint catalog (`GET /v1/endpoints`) so that the URLs of configured
+    /// services point at the proxy.
+    pub rewrite_endpoint_catalog: bool,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            default_service: None,
+            rewrite_endpoint_catalog: true,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -326,6 +338,9 @@ struct RawService {
     body_idle_timeout: Duration,
     #[serde(default = "default_max_idle_connections")]
     max_idle_connections: usize,
+    /// `"METHOD /path" = "MAJOR.MINOR"`.
+    #[serde(default)]
+    operation_versions: BTreeMap<String, String>,
 }
 
 /// `[services.NAME.retry]`: re-signed retries of failed attempts.
@@ -445,6 +460,40 @@ pub struct ServiceConfig {
     pub allow: Option<Vec<String>>,
     pub allow_unsupported_version: bool,
     pub retry: RetryConfig,
+    /// `[services.NAME.operation_versions]`, in the order they are tried: the first whose rule
+    /// matches a request gives its pin; none: `api_version`.
+    pub operation_versions: Vec<OperationVersion>,
+}
+
+/// One `[services.NAME.operation_versions]` entry: requests matching `rule` are pinned to
+/// `version` instead of the service's `api_version`.
+#[derive(Clone, Debug)]
+pub struct OperationVersion {
+    pub rule: crate::policy::allowlist::Rule,
+    /// `MAJOR.MINOR`
+    pub version: String,
+}
+
+impl ServiceConfig {
+    /// The pin that applies to `method` on the service-relative raw `path`: the first matching
+    /// operation pin, else the service's (`None`).
+    pub fn operation_pin(&self, method: &str, path: &str) -> Option<&OperationVersion> {
+        self.operation_versions
+            .iter()
+            .find(|o| o.rule.matches(method, path))
+    }
+
+    /// The config key a pin comes from, for messages: `services.NAME.api_version` or
+    /// `services.NAME.operation_versions."METHOD /path"`.
+    pub fn pin_key(&self, op: Option<&OperationVersion>) -> String {
+        match op {
+            None => format!("services.{}.api_version", self.name),
+            Some(o) => format!(
+                "services.{}.operation_versions.\"{}\"",
+                self.name, o.rule.text
+            ),
+        }
+    }
 }
 
 /// `scheme://authority`, kept exactly as written: the signature covers these bytes.
@@ -645,7 +694,7 @@ fn is_known_key(key: &str) -> bool {
                 "watch_interval",
             ],
         ),
-        ("routing", &["default_service"]),
+        ("routing", &["default_service", "rewrite_endpoint_catalog"]),
         ("emulator", &["in_process", "listen", "import_delay"]),
         ("audit", &["file"]),
         ("telemetry", &["otlp_endpoint", "service_name"]),
@@ -661,6 +710,7 @@ fn is_known_key(key: &str) -> bool {
         "retry",
         "body_idle_timeout",
         "max_idle_connections",
+        "operation_versions",
     ];
     const RETRY_KEYS: &[&str] = &["max_attempts", "budget_percent", "backoff", "operations"];
     let parts: Vec<&str> = key.split('.').collect();
@@ -786,6 +836,18 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             crate::policy::allowlist::Rule::parse(op)
                 .map_err(|m| invalid(&key("retry.operations"), m))?;
         }
+        let operation_versions = operation_versions(&s.operation_versions, s.allow.as_deref())
+            .map_err(|(op, m)| {
+                let k = match op {
+                    Some(op) => format!("{}.\"{op}\"", key("operation_versions")),
+                    None => key("operation_versions"),
+                };
+                ConfigError::Invalid {
+                    key: k,
+                    origin: origin_of(fig, &key("operation_versions")),
+                    message: m,
+                }
+            })?;
         services.push(ServiceConfig {
             name,
             upstream,
@@ -798,6 +860,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             allow: s.allow,
             allow_unsupported_version: s.allow_unsupported_version,
             retry: s.retry,
+            operation_versions,
         });
     }
     if let Some(d) = &raw.routing.default_service {
@@ -956,6 +1019,72 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
     })
 }
 
+/// Parses and orders `[services.NAME.operation_versions]`. TOML tables have no order, so the
+/// proxy gives one: a pattern inside another is tried first; two that overlap otherwise would
+/// make the pin depend on an order nobody wrote, and are refused. A pattern no request can
+/// reach (CONNECT, which the proxy refuses, or outside every `allow` rule) is refused too.
+/// Errors name the entry (`Some(pattern)`) when there is one.
+fn operation_versions(
+    raw: &BTreeMap<String, String>,
+    allow: Option<&[String]>,
+) -> Result<Vec<OperationVersion>, (Option<String>, String)> {
+    use crate::policy::allowlist::Rule;
+    let mut pins = Vec::with_capacity(raw.len());
+    for (pattern, version) in raw {
+        let at = |m: String| (Some(pattern.clone()), m);
+        let rule = Rule::parse(pattern).map_err(at)?;
+        if !is_major_minor(version) {
+            return Err(at(format!("{version:?} is not MAJOR.MINOR (e.g. \"1.0\")")));
+        }
+        if rule.method() == "CONNECT" {
+            return Err(at(
+                "no request can match it: the proxy refuses CONNECT".into()
+            ));
+        }
+        if let Some(allow) = allow {
+            let allowed: Vec<Rule> = allow.iter().filter_map(|r| Rule::parse(r).ok()).collect();
+            if !allowed.iter().any(|a| a.intersects(&rule)) {
+                return Err(at(format!(
+                    "no request can match it: the service's allow list ({allow:?}) refuses every request it names"
+                )));
+            }
+        }
+        pins.push(OperationVersion {
+            rule,
+            version: version.clone(),
+        });
+    }
+    for (i, a) in pins.iter().enumerate() {
+        for b in &pins[i + 1..] {
+            let (a_in_b, b_in_a) = (b.rule.covers(&a.rule), a.rule.covers(&b.rule));
+            if a_in_b && b_in_a {
+                return Err((
+                    Some(b.rule.text.clone()),
+                    format!(
+                        "matches exactly the requests of {:?}; keep one",
+                        a.rule.text
+                    ),
+                ));
+            }
+            if !a_in_b && !b_in_a && a.rule.intersects(&b.rule) {
+                return Err((
+                    Some(b.rule.text.clone()),
+                    format!(
+                        "overlaps {:?} and neither is inside the other, so which pin applies would depend on an order TOML does not keep; write them so no request matches both, or one inside the other (the inner one applies first)",
+                        a.rule.text
+                    ),
+                ));
+            }
+        }
+    }
+    // Inner patterns first: one covering fewer of the others comes earlier.
+    let covered = |p: &OperationVersion| pins.iter().filter(|o| p.rule.covers(&o.rule)).count();
+    let mut keyed: Vec<(usize, OperationVersion)> =
+        pins.iter().map(|p| (covered(p), p.clone())).collect();
+    keyed.sort_by(|(n, a), (m, b)| n.cmp(m).then_with(|| a.rule.text.cmp(&b.rule.text)));
+    Ok(keyed.into_iter().map(|(_, p)| p).collect())
+}
+
 /// " (in FILE)" or " (from the environment)" for a key, when figment knows.
 fn origin_of(fig: &Figment, key: &str) -> String {
     match fig.find_metadata(key) {
@@ -1096,6 +1225,9 @@ impl Config {
         if let Some(d) = &self.routing.default_service {
             let _ = writeln!(o, "default_service = \"{d}\"");
         }
+        if !self.routing.rewrite_endpoint_catalog {
+            let _ = writeln!(o, "rewrite_endpoint_catalog = false");
+        }
         for svc in &self.services {
             let _ = writeln!(o, "\n[services.{}]", svc.name);
             if self.emulator.in_process {
@@ -1137,6 +1269,16 @@ impl Config {
                     humantime::format_duration(r.backoff),
                     r.operations
                 );
+            }
+            if !svc.operation_versions.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "\n[services.{}.operation_versions]  # tried in this order; none matches: api_version",
+                    svc.name
+                );
+                for op in &svc.operation_versions {
+                    let _ = writeln!(o, "\"{}\" = \"{}\"", op.rule.text, op.version);
+                }
             }
         }
         if self.emulator.in_process {
@@ -1379,6 +1521,57 @@ mod tests {
         assert!(Upstream::parse("https://[::1]").is_ok());
         let iam = Upstream::parse("https://iam.s.samsungsdscloud.com").unwrap();
         assert_eq!(iam.scp_region_env(), (None, Some("s".into())));
+    }
+
+    #[test]
+    fn operation_versions_are_ordered_inner_first_and_validated() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let ok = operation_versions(
+            &map(&[
+                ("GET /v1/servers/**", "1.2"),
+                ("GET /v1/servers/*/security-groups", "1.0"),
+                ("DELETE /v1/servers/*/security-groups/*", "1.0"),
+            ]),
+            None,
+        )
+        .unwrap();
+        let order: Vec<&str> = ok.iter().map(|o| o.rule.text.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "DELETE /v1/servers/*/security-groups/*",
+                "GET /v1/servers/*/security-groups",
+                "GET /v1/servers/**"
+            ]
+        );
+        let err = |pairs: &[(&str, &str)], allow: Option<&[String]>| {
+            operation_versions(&map(pairs), allow).unwrap_err()
+        };
+        let (at, m) = err(&[("GET /v1/x", "v1")], None);
+        assert_eq!(at.as_deref(), Some("GET /v1/x"));
+        assert!(m.contains("MAJOR.MINOR"), "{m}");
+        let (at, m) = err(&[("get /v1/x", "1.0")], None);
+        assert_eq!(at.as_deref(), Some("get /v1/x"));
+        assert!(m.contains("\"GET\""), "{m}");
+        let (_, m) = err(&[("CONNECT /x", "1.0")], None);
+        assert!(m.contains("no request can match"), "{m}");
+        let allow = ["GET /v1/images/**".to_owned()];
+        let (at, m) = err(&[("POST /v1/servers/*", "1.0")], Some(&allow));
+        assert_eq!(at.as_deref(), Some("POST /v1/servers/*"));
+        assert!(
+            m.contains("no request can match") && m.contains("allow"),
+            "{m}"
+        );
+        assert!(operation_versions(&map(&[("GET /v1/images/*", "1.0")]), Some(&allow)).is_ok());
+        let (_, m) = err(&[("GET /v1/*/x", "1.0"), ("GET /v1/a/*", "1.1")], None);
+        assert!(m.contains("overlaps"), "{m}");
+        let (_, m) = err(&[("GET /v1/a", "1.0"), ("GET  /v1/a", "1.1")], None);
+        assert!(m.contains("exactly"), "{m}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub fn service(name: &str) -> ServiceConfig {
         allow: None,
         allow_unsupported_version: false,
         retry: Default::default(),
+        operation_versions: Vec::new(),
     }
 }
 

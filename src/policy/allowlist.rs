@@ -96,6 +96,24 @@ impl Rule {
         })
     }
 
+    /// The method it matches.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// Whether some request matches both rules.
+    pub fn intersects(&self, other: &Rule) -> bool {
+        let (p, q) = (&self.segments, &other.segments);
+        let mut seen = std::collections::HashSet::new();
+        self.method == other.method && intersect(p, q, 0, 0, &mut seen)
+    }
+
+    /// Whether every request `other` matches is matched by this rule too. Conservative: a
+    /// `true` is always right; a few exotic pairs (`/*/**` inside `/**/*`) answer `false`.
+    pub fn covers(&self, other: &Rule) -> bool {
+        self.method == other.method && covers(&self.segments, &other.segments)
+    }
+
     /// Whether `method` and the raw `path` match this rule.
     pub fn matches(&self, method: &str, path: &str) -> bool {
         if method != self.method {
@@ -136,6 +154,60 @@ fn matches_segments(pat: &[Seg], path: &[&str]) -> bool {
         }
     }
     pat[p..].iter().all(|x| *x == Seg::Any)
+}
+
+/// Whether some segment list matches both `p[i..]` and `q[j..]` (memoised on positions; the
+/// patterns are a config's, so tiny).
+fn intersect(
+    p: &[Seg],
+    q: &[Seg],
+    i: usize,
+    j: usize,
+    seen: &mut std::collections::HashSet<(usize, usize)>,
+) -> bool {
+    if !seen.insert((i, j)) {
+        return false;
+    }
+    let (a, b) = (p.get(i), q.get(j));
+    match (a, b) {
+        (None, None) => true,
+        // `**` matching nothing, or one more segment produced by the other side.
+        (Some(Seg::Any), _) if intersect(p, q, i + 1, j, seen) => true,
+        (_, Some(Seg::Any)) if intersect(p, q, i, j + 1, seen) => true,
+        (Some(Seg::Any), Some(_)) if intersect(p, q, i, j + 1, seen) => true,
+        (Some(_), Some(Seg::Any)) if intersect(p, q, i + 1, j, seen) => true,
+        (Some(x), Some(y)) if *x != Seg::Any && *y != Seg::Any => {
+            let compatible = match (x, y) {
+                (Seg::Literal(l), Seg::Literal(m)) => l == m,
+                (Seg::Literal(l), Seg::One) | (Seg::One, Seg::Literal(l)) => !l.is_empty(),
+                _ => true,
+            };
+            compatible && intersect(p, q, i + 1, j + 1, seen)
+        }
+        _ => false,
+    }
+}
+
+/// Whether pattern `b` matches every path pattern `a` matches: `a`'s segments are consumed by
+/// `b`'s, and `a`'s `**` only by a `**` of `b`.
+fn covers(b: &[Seg], a: &[Seg]) -> bool {
+    match (b.split_first(), a.split_first()) {
+        (None, None) => true,
+        (None, Some(_)) => false,
+        (Some((Seg::Any, rest)), _) => {
+            covers(rest, a) || a.split_first().is_some_and(|(_, a_rest)| covers(b, a_rest))
+        }
+        (Some(_), None) => false,
+        (Some((x, b_rest)), Some((y, a_rest))) => {
+            let consumed = match (x, y) {
+                (Seg::Literal(l), Seg::Literal(m)) => l == m,
+                (Seg::One, Seg::One) => true,
+                (Seg::One, Seg::Literal(l)) => !l.is_empty(),
+                _ => false,
+            };
+            consumed && covers(b_rest, a_rest)
+        }
+    }
 }
 
 /// Why a path is refused before matching, on services with an allowlist.
@@ -207,6 +279,44 @@ impl Allowlist {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn overlap_and_coverage_between_rules() {
+        let r = |t: &str| Rule::parse(t).unwrap();
+        let yes = [
+            ("GET /v1/images/**", "GET /v1/images"),
+            ("GET /v1/images/**", "GET /v1/images/*/import"),
+            ("GET /v1/*/x", "GET /v1/images/*"),
+            ("GET /**/x", "GET /a/**"),
+            ("GET /**", "GET /a/b/c"),
+        ];
+        for (a, b) in yes {
+            assert!(r(a).intersects(&r(b)), "{a} / {b}");
+            assert!(r(b).intersects(&r(a)), "{b} / {a}");
+        }
+        let no = [
+            ("GET /v1/images/**", "POST /v1/images"),
+            ("GET /v1/images/*", "GET /v1/images"),
+            ("GET /v1/a", "GET /v1/b"),
+            ("GET /v1/*/x", "GET /v1/images/*/y"),
+            ("GET /v1/images/*", "GET /v1/images/*/import"),
+        ];
+        for (a, b) in no {
+            assert!(!r(a).intersects(&r(b)), "{a} / {b}");
+            assert!(!r(b).intersects(&r(a)), "{b} / {a}");
+        }
+        assert!(r("GET /v1/images/**").covers(&r("GET /v1/images/*/import")));
+        assert!(r("GET /v1/*/import").covers(&r("GET /v1/x/import")));
+        assert!(r("GET /**").covers(&r("GET /v1/**")));
+        assert!(r("GET /v1/a").covers(&r("GET /v1/a")));
+        assert!(!r("GET /v1/x/import").covers(&r("GET /v1/*/import")));
+        assert!(!r("GET /v1/*").covers(&r("GET /v1/**")));
+        assert!(!r("POST /v1/**").covers(&r("GET /v1/a")));
+        // Overlapping, neither inside the other.
+        let (a, b) = (r("GET /v1/*/x"), r("GET /v1/a/*"));
+        assert!(a.intersects(&b) && !a.covers(&b) && !b.covers(&a));
+    }
+
     use super::*;
     use proptest::prelude::*;
 
