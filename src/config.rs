@@ -486,13 +486,7 @@ impl ServiceConfig {
     /// The config key a pin comes from, for messages: `services.NAME.api_version` or
     /// `services.NAME.operation_versions."METHOD /path"`.
     pub fn pin_key(&self, op: Option<&OperationVersion>) -> String {
-        match op {
-            None => format!("services.{}.api_version", self.name),
-            Some(o) => format!(
-                "services.{}.operation_versions.\"{}\"",
-                self.name, o.rule.text
-            ),
-        }
+        self.pin_of(op).key()
     }
 }
 
@@ -580,13 +574,31 @@ impl ServiceConfig {
         self.upstream.scp_region_env().1
     }
 
-    /// The pin as the lifecycle checks see it.
+    /// The service's own pin (`api_version`) as the lifecycle checks see it.
     pub fn pin(&self) -> crate::policy::lifecycle::Pin<'_> {
+        self.pin_of(None)
+    }
+
+    /// Every pin, in the order a request tries them: operation pins, then the service's.
+    pub fn pins(&self) -> impl Iterator<Item = crate::policy::lifecycle::Pin<'_>> {
+        self.operation_versions
+            .iter()
+            .map(|o| self.pin_of(Some(o)))
+            .chain(std::iter::once(self.pin()))
+    }
+
+    /// `op`'s pin (`None`: the service's own) as the lifecycle checks see it.
+    pub fn pin_of<'a>(
+        &'a self,
+        op: Option<&'a OperationVersion>,
+    ) -> crate::policy::lifecycle::Pin<'a> {
         crate::policy::lifecycle::Pin {
             service: &self.name,
-            version: &self.api_version,
+            version: op.map_or(&self.api_version, |o| &o.version),
             waived: self.allow_unsupported_version,
             upstream: &self.upstream.base,
+            op: op.map(|o| &o.rule),
+            has_operation_pins: !self.operation_versions.is_empty(),
         }
     }
 }

@@ -328,6 +328,7 @@ mod tests {
             allow: None,
             allow_unsupported_version: false,
             retry: Default::default(),
+            operation_versions: Vec::new(),
         };
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();

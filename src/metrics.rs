@@ -29,6 +29,28 @@ pub struct ServiceLabel {
     pub service: String,
 }
 
+/// A version pin: `{service}` for a service's own pin, `{service, operation}` for an
+/// operation pin (`operation` is its `METHOD /path` rule).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct PinLabel {
+    pub service: String,
+    pub operation: Option<String>,
+}
+
+impl prometheus_client::encoding::EncodeLabelSet for PinLabel {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel as _;
+        ("service", self.service.as_str()).encode(encoder.encode_label())?;
+        if let Some(op) = &self.operation {
+            ("operation", op.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: &'static str,
@@ -81,7 +103,7 @@ pub struct MetricSet {
     /// Age of the key pair in use, refreshed at every scrape.
     pub key_age_seconds: Gauge<f64, AtomicU64>,
     /// Days until the pinned version's last supported day (negative: past it).
-    pub version_days_left: Family<ServiceLabel, Gauge>,
+    pub version_days_left: Family<PinLabel, Gauge>,
     /// Requests by allowlist rule that matched (or "none" for refused).
     pub allowlist: Family<RuleLabel, Counter>,
     /// Local clock minus the upstream's `Date` at the last upstream answer that had one.
@@ -166,7 +188,7 @@ impl Metrics {
             "Seconds since the key pair in use was loaded",
             key_age_seconds.clone(),
         );
-        let version_days_left = Family::<ServiceLabel, Gauge>::default();
+        let version_days_left = Family::<PinLabel, Gauge>::default();
         r.register(
             "api_version_days_left",
             "Days until the pinned API version's last supported day; negative once past it",

@@ -14,7 +14,7 @@ use crate::body::NoTrailers;
 use crate::catalog::Date;
 use crate::config::ServiceConfig;
 use crate::forward::{client_for, Egress};
-use crate::metrics::{Metrics, ServiceLabel};
+use crate::metrics::{Metrics, PinLabel};
 use crate::policy::lifecycle::{assess, compare_live, parse_live, Finding, LiveVersion, Severity};
 
 /// How long the live version check may take.
@@ -60,18 +60,23 @@ pub async fn fetch_live(
 pub const RELOG_EVERY: Duration = Duration::from_secs(3600);
 
 fn log(f: &Finding) {
+    let op = f.operation.as_deref().unwrap_or("");
     match f.severity {
         Severity::Error => {
-            tracing::error!(service = %f.service, kind = f.kind, "api version: {}", f.message)
+            tracing::error!(service = %f.service, operation = op, kind = f.kind, "api version: {}", f.message)
         }
         Severity::Warn => {
-            tracing::warn!(service = %f.service, kind = f.kind, "api version: {}", f.message)
+            tracing::warn!(service = %f.service, operation = op, kind = f.kind, "api version: {}", f.message)
+        }
+        Severity::Info => {
+            tracing::info!(service = %f.service, operation = op, kind = f.kind, "api version: {}", f.message)
         }
     }
 }
 
-/// Assesses every pin on `today`, sets `scp_auth_proxy_api_version_days_left`, and logs the
-/// findings (only errors when `errors_only`). Returns whether any pin is unsupported.
+/// Assesses every pin (operation pins too) on `today`, sets
+/// `scp_auth_proxy_api_version_days_left{service[, operation]}`, and logs the findings (only
+/// errors when `errors_only`). Returns whether any pin is unsupported.
 pub fn report(
     services: &[ServiceConfig],
     today: Date,
@@ -79,13 +84,14 @@ pub fn report(
     errors_only: bool,
 ) -> bool {
     let mut unsupported = false;
-    for svc in services {
-        let a = assess(svc.pin(), today);
+    for pin in services.iter().flat_map(|s| s.pins()) {
+        let a = assess(pin, today);
         if let Some(d) = a.days_left {
             metrics
                 .version_days_left
-                .get_or_create(&ServiceLabel {
-                    service: svc.name.clone(),
+                .get_or_create(&PinLabel {
+                    service: pin.service.to_owned(),
+                    operation: pin.op.map(|r| r.text.clone()),
                 })
                 .set(d);
         }

@@ -31,6 +31,8 @@ pub struct Target {
     pub host: HeaderValue,
     /// `Scp-Api-Version` value: `<service> <api_version>`.
     pub version_header: HeaderValue,
+    /// `<service> <version>` for each of `config.operation_versions`, in the same order.
+    pub operation_version_headers: Vec<HeaderValue>,
     /// `services.NAME.allow`, parsed, with its decision counters; `None`: everything passes.
     pub allowlist: Option<AllowlistState>,
     /// Set on SCP's virtualserver, whose image import bodies are checked.
@@ -112,6 +114,12 @@ impl Target {
         let version_header =
             HeaderValue::from_str(&format!("{} {}", config.name, config.api_version))
                 .map_err(|e| invalid("api_version", e.to_string()))?;
+        let operation_version_headers = config
+            .operation_versions
+            .iter()
+            .map(|o| HeaderValue::from_str(&format!("{} {}", config.name, o.version)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid("operation_versions", e.to_string()))?;
         let allowlist = match &config.allow {
             None => None,
             Some(rules) => {
@@ -145,6 +153,7 @@ impl Target {
             label: route::intern(&config.name),
             host,
             version_header,
+            operation_version_headers,
             allowlist,
             image_import,
             client,

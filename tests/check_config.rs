@@ -213,3 +213,86 @@ fn online_reads_the_live_list_and_warns_where_it_disagrees() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("live version list not read"), "{stderr}");
 }
+
+/// Operation pins: each is judged against the catalog set it falls in (image operations have
+/// dates; security groups have none, so no verdict), and the table says which pin applies to
+/// which operations.
+#[test]
+fn operation_pins_are_judged_per_operation() {
+    let ops = "[services.virtualserver.operation_versions]\n\
+               \"POST /v1/servers/*/security-groups\" = \"1.0\"\n\
+               \"POST /v1/images/*/import\" = \"1.0\"\n";
+    let f = config("1.3", ops, SCP);
+    let (code, stdout, stderr) = check(&f, "2026-06-01");
+    assert_eq!(code, 1, "{stderr}");
+    let import_key = "services.virtualserver.operation_versions.\"POST /v1/images/*/import\"";
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        error.contains(import_key)
+            && error.contains("2025-12-31")
+            && error.contains("image operations"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    let note = stderr
+        .lines()
+        .find(|l| l.starts_with("note:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        note.contains("security-groups") && note.contains("unknown"),
+        "{stderr}"
+    );
+    for (ops, version, verdict) in [
+        ("POST /v1/images/*/import", "1.0", "ENDED"),
+        ("POST /v1/servers/*/security-groups", "1.0", "unknown"),
+        ("every other operation", "1.3", "CURRENT"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("virtualserver") && l.contains(ops))
+            .unwrap_or_else(|| panic!("no {ops} in:\n{stdout}"));
+        assert!(line.contains(version) && line.contains(verdict), "{line}");
+    }
+    // Without the past-date pin it passes, the unknown one noted only.
+    let f = config(
+        "1.3",
+        "[services.virtualserver.operation_versions]\n\"POST /v1/servers/*/security-groups\" = \"1.0\"\n",
+        SCP,
+    );
+    let (code, _, stderr) = check(&f, "2026-06-01");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stderr.contains("warning") && !stderr.contains("error"),
+        "{stderr}"
+    );
+}
+
+/// A bad operation pin stops the load, naming the entry and the file.
+#[test]
+fn bad_operation_pins_name_the_key_and_the_file() {
+    for (ops, says) in [
+        ("\"post /v1/x\" = \"1.0\"", "methods match exactly"),
+        ("\"POST /v1/x\" = \"one\"", "MAJOR.MINOR"),
+        ("\"POST /v1/servers/*\" = \"1.0\"", "no request can match"),
+        (
+            "\"GET /v1/*/x\" = \"1.0\"\n\"GET /v1/images/*\" = \"1.1\"",
+            "overlaps",
+        ),
+    ] {
+        let extra = format!(
+            "allow = [\"GET /v1/images/**\"]\n[services.virtualserver.operation_versions]\n{ops}\n"
+        );
+        let f = config("1.3", &extra, SCP);
+        let (code, _, stderr) = check(&f, "2026-06-01");
+        assert_eq!(code, 1, "{ops}: {stderr}");
+        assert!(
+            stderr.contains("services.virtualserver.operation_versions.\"")
+                && stderr.contains(&f.path().display().to_string())
+                && stderr.contains(says),
+            "{ops}: {stderr}"
+        );
+    }
+}

@@ -129,19 +129,53 @@ fn python_sdk_through_the_dev_profile() {
     let c = check(&calls, 6, "virtualserver_image.import_image", 409);
     assert_eq!(c["body"]["errors"][0]["code"], "Image.InvalidState", "{c}");
 
-    // The SDK sends `virtualserver 1.0` for this operation; one pin per service refuses it.
+    // The SDK sends `virtualserver 1.0` for this operation; the dev profile's operation pin
+    // accepts it, and the emulator (no catalog dates for it) serves it.
     let c = check(
         &calls,
         7,
         "virtualserver.attach_virtual_server_security_group",
-        400,
+        202,
     );
     assert_eq!(c["version"], "virtualserver 1.0");
-    assert_eq!(c["body"]["code"], "api_version_mismatch", "{c}");
 
     let log = proxy.log();
     assert!(
         !log.contains("app-holds-no-key"),
         "the SDK's dummy key reached the log"
+    );
+}
+
+/// Without the operation pin, the one service pin refuses what the SDK sends for it, naming
+/// the sent and the applicable pin and where that pin comes from.
+#[test]
+fn python_sdk_security_group_call_without_its_operation_pin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [emulator]\nin_process = true\n[credentials]\naccount_id = \"dev-account\"\n\
+         [routing]\ndefault_service = \"virtualserver\"\n\
+         [services.virtualserver]\napi_version = \"1.3\"\nregion = \"kr-west1\"\n",
+    )
+    .unwrap();
+    let proxy = common::Proc::start(&["--config", file.to_str().unwrap()], &[]);
+    let calls = drive(&proxy, "dev-account", &["security-group"]);
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    let c = check(
+        &calls,
+        0,
+        "virtualserver.attach_virtual_server_security_group",
+        400,
+    );
+    assert_eq!(c["version"], "virtualserver 1.0");
+    assert_eq!(c["body"]["code"], "api_version_mismatch", "{c}");
+    let m = c["body"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("\"virtualserver 1.0\"")
+            && m.contains("\"virtualserver 1.3\"")
+            && m.contains("services.virtualserver.api_version"),
+        "{m}"
     );
 }

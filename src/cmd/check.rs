@@ -24,11 +24,17 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> Result<(), Error> {
     let today = args
         .today
         .unwrap_or_else(|| Date::of(std::time::SystemTime::now()));
+    let pins: Vec<_> = cfg.services.iter().flat_map(|s| s.pins()).collect();
+    print!("\n{}", lifecycle::pins_table(&pins, today));
     let mut blocked = false;
-    for svc in &cfg.services {
-        for f in lifecycle::assess(svc.pin(), today).findings {
-            let level = if f.blocks_deploy { "error" } else { "warning" };
-            eprintln!("{level}: services.{}.api_version: {}", svc.name, f.message);
+    for pin in &pins {
+        for f in lifecycle::assess(*pin, today).findings {
+            let level = match f.severity {
+                _ if f.blocks_deploy => "error",
+                lifecycle::Severity::Info => "note",
+                _ => "warning",
+            };
+            eprintln!("{level}: {}: {}", pin.key(), f.message);
             blocked |= f.blocks_deploy;
         }
     }

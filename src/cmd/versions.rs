@@ -1,4 +1,5 @@
-//! `versions`: the built-in version catalog, with the configuration's pins marked.
+//! `versions`: the built-in version catalog, with the configuration's pins marked, and which
+//! pin applies to which operations.
 
 use super::check::print_live;
 use super::{load, Error};
@@ -15,12 +16,22 @@ pub(super) fn run(cli: &Cli, args: &VersionsArgs) -> Result<(), Error> {
         None if args.online => return Err(Error::OnlineNeedsConfig),
         None => None,
     };
-    let pins: Vec<(&str, &str)> = cfg
+    let pins: Vec<lifecycle::Pin<'_>> = cfg
         .iter()
         .flat_map(|c| &c.services)
-        .map(|s| (s.name.as_str(), s.api_version.as_str()))
+        .flat_map(|s| s.pins())
         .collect();
-    print!("{}", lifecycle::catalog_table(today, &pins));
+    // Marked in the catalog: pins it has dates for (an operation pin outside every dated
+    // operation set would mark another operation's version).
+    let marked: Vec<(&str, &str)> = pins
+        .iter()
+        .filter(|p| !p.sets().is_empty())
+        .map(|p| (p.service, p.version))
+        .collect();
+    print!("{}", lifecycle::catalog_table(today, &marked));
+    if cfg.is_some() {
+        print!("\n{}", lifecycle::pins_table(&pins, today));
+    }
     if let (Some(cfg), true) = (&cfg, args.online) {
         if cfg.emulator.in_process {
             eprintln!("note: --online skipped: every service goes to the in-process emulator");

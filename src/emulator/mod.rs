@@ -5,9 +5,12 @@
 //! * Everything else must be signed ([`verify`]): a request that is not is answered 401 with
 //!   a `detail` saying what did not match. (The real gateway answers unsigned requests with a
 //!   bare 404; the emulator says why instead, since it is a developer tool.)
-//! * `Scp-Api-Version` is checked against the catalog ([`versions`]): 406 when unsupported.
+//! * `Scp-Api-Version` is checked against the catalog for the operation called ([`versions`]):
+//!   406 when unsupported; a version of an operation the catalog has no dates for is accepted.
 //! * virtualserver images in memory ([`images`]): `POST /v1/images`, `GET /v1/images`
-//!   (`limit`, `marker`), `GET|DELETE /v1/images/{id}`, `POST /v1/images/{id}/import`.
+//!   (`limit`, `marker`, `name`), `GET|DELETE /v1/images/{id}`, `POST /v1/images/{id}/import`.
+//! * A demo server's security groups ([`servers`]): `POST /v1/servers/{id}/security-groups`,
+//!   `DELETE /v1/servers/{id}/security-groups/{sg}`.
 //! * The IAM endpoint catalog, `GET /v1/endpoints`, listing the emulator itself.
 //!
 //! Errors use SCP's shape, `{"errors":[{"code","title","detail","status","request_id"}]}`.
@@ -19,6 +22,7 @@
 
 pub mod images;
 pub(crate) mod response;
+pub(crate) mod servers;
 pub(crate) mod verify;
 pub(crate) mod versions;
 
@@ -243,6 +247,7 @@ pub async fn spawn(
     let now = (opts.clock)();
     let state = Arc::new(Emulator {
         images: Images::new(opts.import_delay, &opts.account_id, now),
+        servers: servers::Servers::default(),
         key: ArcSwap::from_pointee(key),
         ids: Ids::new(),
         addr,
@@ -399,6 +404,8 @@ enum Endpoint<'a> {
     ShowImage(Cow<'a, str>),
     DeleteImage(Cow<'a, str>),
     ImportImage(Cow<'a, str>),
+    AttachSecurityGroup(Cow<'a, str>),
+    DetachSecurityGroup(Cow<'a, str>, Cow<'a, str>),
 }
 
 impl Endpoint<'_> {
@@ -442,11 +449,21 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Endpoint<'a>, ScpError> {
             Method::POST => Ok(Endpoint::ImportImage(decode(id))),
             _ => Err(not_allowed("POST")),
         },
+        ["servers", id, "security-groups"] if !id.is_empty() => match *method {
+            Method::POST => Ok(Endpoint::AttachSecurityGroup(decode(id))),
+            _ => Err(not_allowed("POST")),
+        },
+        ["servers", id, "security-groups", sg] if !id.is_empty() && !sg.is_empty() => match *method
+        {
+            Method::DELETE => Ok(Endpoint::DetachSecurityGroup(decode(id), decode(sg))),
+            _ => Err(not_allowed("DELETE")),
+        },
         _ => Err(ScpError::not_found(
             "Resource.NotFound",
             format!(
                 "the emulator has no {path}; it serves GET /, /v1/endpoints, /v1/images, \
-                 /v1/images/{{id}} and /v1/images/{{id}}/import"
+                 /v1/images/{{id}}, /v1/images/{{id}}/import and \
+                 /v1/servers/{{id}}/security-groups[/{{sg}}]"
             ),
         )),
     }
@@ -463,6 +480,7 @@ struct Emulator {
     opts: EmulatorOptions,
     key: ArcSwap<SigningKey>,
     images: Images,
+    servers: servers::Servers,
     ids: Ids,
     addr: SocketAddr,
 }
@@ -541,8 +559,14 @@ impl Emulator {
         .map_err(|e| e.to_error())?;
 
         let endpoint = route(&parts.method, parts.uri.path())?;
-        versions::check(&parts.headers, endpoint.service(), Date::of(now))
-            .map_err(|e| e.to_error())?;
+        versions::check(
+            &parts.headers,
+            endpoint.service(),
+            parts.method.as_str(),
+            parts.uri.path(),
+            Date::of(now),
+        )
+        .map_err(|e| e.to_error())?;
 
         match endpoint {
             Endpoint::Endpoints => Ok(response::json(StatusCode::OK, &self.endpoints(parts))),
@@ -565,6 +589,15 @@ impl Emulator {
             Endpoint::ImportImage(id) => {
                 let body = read_json(body).await?;
                 self.images.import(&id, &body, now)?;
+                Ok(response::empty(StatusCode::ACCEPTED))
+            }
+            Endpoint::AttachSecurityGroup(id) => {
+                let body = read_json(body).await?;
+                self.servers.attach(&id, &body)?;
+                Ok(response::empty(StatusCode::ACCEPTED))
+            }
+            Endpoint::DetachSecurityGroup(id, sg) => {
+                self.servers.detach(&id, &sg)?;
                 Ok(response::empty(StatusCode::ACCEPTED))
             }
         }
@@ -673,6 +706,14 @@ mod tests {
                 "{missing}"
             );
         }
+        assert_eq!(
+            route(&Method::POST, "/v1/servers/s/security-groups"),
+            Ok(Endpoint::AttachSecurityGroup(id("s")))
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/v1/servers/s/security-groups/g%201"),
+            Ok(Endpoint::DetachSecurityGroup(id("s"), id("g 1")))
+        );
         assert_eq!(Endpoint::Endpoints.service(), "iam");
         assert_eq!(Endpoint::ListImages.service(), "virtualserver");
     }

@@ -2,9 +2,11 @@
 //! versions and their dates live).
 //!
 //! No header: served as the CURRENT version. A header must read `<service> <MAJOR.MINOR>`,
-//! name the service the endpoint belongs to, and a version the catalog knows and still
-//! supports on today's date (the last day is inclusive); otherwise 406. A service the catalog
-//! lists no versions for (the IAM endpoint catalog) accepts any well-formed version of itself.
+//! name the service the endpoint belongs to, and a version the catalog knows for the operation
+//! called and still supports on today's date (the last day is inclusive); otherwise 406. An
+//! operation outside every catalog set (the IAM endpoint catalog, security groups) accepts any
+//! well-formed version of its service: the catalog has no word on it, so neither does the
+//! emulator.
 
 use http::{HeaderMap, HeaderName, StatusCode};
 
@@ -54,10 +56,22 @@ impl VersionError {
     }
 }
 
-/// Checks the request's `Scp-Api-Version` for an endpoint of `service` on `today`.
+/// The catalog set `method` on the service-relative `path` belongs to, if any.
+fn set_of(service: &str, method: &str, path: &str) -> Option<&'static catalog::OperationSet> {
+    catalog::sets_of(service).find(|set| {
+        set.operations.iter().any(|op| {
+            crate::policy::allowlist::Rule::parse(op).is_ok_and(|r| r.matches(method, path))
+        })
+    })
+}
+
+/// Checks the request's `Scp-Api-Version` for `method` on `path`, an endpoint of `service`,
+/// on `today`.
 pub(crate) fn check(
     headers: &HeaderMap,
     service: &'static str,
+    method: &str,
+    path: &str,
     today: Date,
 ) -> Result<(), VersionError> {
     let mut all = headers.get_all(&SCP_API_VERSION).iter();
@@ -80,11 +94,11 @@ pub(crate) fn check(
     if svc != service {
         return Err(VersionError::OtherService { sent, service });
     }
-    if catalog::versions_of(service).next().is_none() {
+    let Some(set) = set_of(service, method, path) else {
         return Ok(());
-    }
-    let Some(v) = catalog::find(service, version) else {
-        let known = catalog::versions_of(service)
+    };
+    let Some(v) = catalog::find_in(set, version) else {
+        let known = catalog::versions_in(set)
             .map(|v| v.version)
             .collect::<Vec<_>>()
             .join(", ");
@@ -130,40 +144,96 @@ mod tests {
     fn catalog_rules_with_an_injected_date() {
         let vs = "virtualserver";
         let d = Date::new;
-        assert_eq!(check(&HeaderMap::new(), vs, d(2030, 1, 1)), Ok(()));
-        assert_eq!(check(&with("virtualserver 1.3"), vs, d(2099, 1, 1)), Ok(()));
         assert_eq!(
-            check(&with(" virtualserver 1.3 "), vs, d(2026, 1, 1)),
+            check(&HeaderMap::new(), vs, "GET", "/v1/images", d(2030, 1, 1)),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &with("virtualserver 1.3"),
+                vs,
+                "GET",
+                "/v1/images",
+                d(2099, 1, 1)
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &with(" virtualserver 1.3 "),
+                vs,
+                "GET",
+                "/v1/images",
+                d(2026, 1, 1)
+            ),
             Ok(())
         );
         // The last day is still served; the day after is not.
         assert_eq!(
-            check(&with("virtualserver 1.1"), vs, d(2026, 5, 31)),
+            check(
+                &with("virtualserver 1.1"),
+                vs,
+                "GET",
+                "/v1/images",
+                d(2026, 5, 31)
+            ),
             Ok(())
         );
         assert_eq!(
-            check(&with("virtualserver 1.1"), vs, d(2026, 6, 1)),
+            check(
+                &with("virtualserver 1.1"),
+                vs,
+                "GET",
+                "/v1/images",
+                d(2026, 6, 1)
+            ),
             Err(VersionError::Ended {
                 sent: "virtualserver 1.1".into(),
                 last_day: d(2026, 5, 31)
             })
         );
         assert_eq!(
-            check(&with("virtualserver 1.2"), vs, d(2026, 8, 31)),
+            check(
+                &with("virtualserver 1.2"),
+                vs,
+                "GET",
+                "/v1/images",
+                d(2026, 8, 31)
+            ),
             Ok(())
         );
-        assert!(check(&with("virtualserver 1.2"), vs, d(2026, 9, 1)).is_err());
+        assert!(check(
+            &with("virtualserver 1.2"),
+            vs,
+            "GET",
+            "/v1/images",
+            d(2026, 9, 1)
+        )
+        .is_err());
         assert_eq!(
-            check(&with("virtualserver 1.0"), vs, d(2025, 12, 31)),
+            check(
+                &with("virtualserver 1.0"),
+                vs,
+                "GET",
+                "/v1/images",
+                d(2025, 12, 31)
+            ),
             Ok(())
         );
-        assert!(check(&with("virtualserver 1.0"), vs, d(2026, 1, 1)).is_err());
+        assert!(check(
+            &with("virtualserver 1.0"),
+            vs,
+            "GET",
+            "/v1/images",
+            d(2026, 1, 1)
+        )
+        .is_err());
         assert!(matches!(
-            check(&with("virtualserver 9.9"), vs, d(2026, 1, 1)),
+            check(&with("virtualserver 9.9"), vs, "GET", "/v1/images", d(2026, 1, 1)),
             Err(VersionError::Unknown { ref known, .. }) if known == "1.3, 1.2, 1.1, 1.0"
         ));
         assert!(matches!(
-            check(&with("vpc 1.3"), vs, d(2026, 1, 1)),
+            check(&with("vpc 1.3"), vs, "GET", "/v1/images", d(2026, 1, 1)),
             Err(VersionError::OtherService { .. })
         ));
         for bad in [
@@ -176,7 +246,7 @@ mod tests {
             h.insert(SCP_API_VERSION, HeaderValue::from_static(bad));
             assert!(
                 matches!(
-                    check(&h, vs, d(2026, 1, 1)),
+                    check(&h, vs, "GET", "/v1/images", d(2026, 1, 1)),
                     Err(VersionError::Malformed { .. })
                 ),
                 "{bad}"
@@ -187,13 +257,48 @@ mod tests {
             SCP_API_VERSION,
             HeaderValue::from_static("virtualserver 1.3"),
         );
-        assert!(check(&twice, vs, d(2026, 1, 1)).is_err());
+        assert!(check(&twice, vs, "GET", "/v1/images", d(2026, 1, 1)).is_err());
         // A service the catalog has no versions for takes any well-formed version of itself.
-        assert_eq!(check(&with("iam 1.0"), "iam", d(2026, 1, 1)), Ok(()));
-        assert!(check(&with("virtualserver 1.3"), "iam", d(2026, 1, 1)).is_err());
-        let e = check(&with("virtualserver 1.0"), vs, d(2026, 1, 1))
-            .unwrap_err()
-            .to_error();
+        assert_eq!(
+            check(
+                &with("iam 1.0"),
+                "iam",
+                "GET",
+                "/v1/endpoints",
+                d(2026, 1, 1)
+            ),
+            Ok(())
+        );
+        assert!(check(
+            &with("virtualserver 1.3"),
+            "iam",
+            "GET",
+            "/v1/endpoints",
+            d(2026, 1, 1)
+        )
+        .is_err());
+        // An operation the catalog has no dates for: any well-formed version of the service.
+        let sg = "/v1/servers/s/security-groups";
+        assert_eq!(
+            check(&with("virtualserver 1.0"), vs, "POST", sg, d(2026, 6, 1)),
+            Ok(())
+        );
+        assert_eq!(
+            check(&with("virtualserver 9.9"), vs, "POST", sg, d(2026, 6, 1)),
+            Ok(())
+        );
+        assert!(check(&with("iam 1.0"), vs, "POST", sg, d(2026, 6, 1)).is_err());
+        let imp = "/v1/images/x/import";
+        assert!(check(&with("virtualserver 1.0"), vs, "POST", imp, d(2026, 6, 1)).is_err());
+        let e = check(
+            &with("virtualserver 1.0"),
+            vs,
+            "GET",
+            "/v1/images",
+            d(2026, 1, 1),
+        )
+        .unwrap_err()
+        .to_error();
         assert_eq!(e.status, StatusCode::NOT_ACCEPTABLE);
         assert!(e.detail.contains("2025-12-31"), "{}", e.detail);
     }

@@ -1,8 +1,13 @@
-//! Version pin: every request carries the service's pinned `Scp-Api-Version`.
+//! Version pin: every request carries the `Scp-Api-Version` pinned for its operation.
+//!
+//! The pin that applies is the first `services.NAME.operation_versions` entry whose
+//! `METHOD /path` rule matches the request (method and service-relative raw path), else the
+//! service's `api_version`.
 //!
 //! Guarantees: a request without the header gets `<service> <pin>`; one whose trimmed value is
 //! exactly that passes (normalised to it); anything else is refused with 400
-//! `api_version_mismatch` and the inner service is never called, so nothing goes upstream.
+//! `api_version_mismatch` naming the sent and the applicable pin and the config key it comes
+//! from, and the inner service is never called, so nothing goes upstream.
 //! The pin is the routed target's: the layer takes only a routed request, so it cannot run
 //! before routing and silently pass.
 
@@ -47,7 +52,15 @@ where
 
     fn call(&mut self, mut routed: RoutedRequest<B>) -> Self::Future {
         let (target, req) = routed.parts_mut();
-        let pinned = &target.version_header;
+        let op = target
+            .config
+            .operation_versions
+            .iter()
+            .position(|o| o.rule.matches(req.method().as_str(), req.uri().path()));
+        let pinned = match op {
+            Some(i) => &target.operation_version_headers[i],
+            None => &target.version_header,
+        };
         let mut sent = req.headers().get_all(&SCP_API_VERSION).iter();
         let verdict = match (sent.next(), sent.next()) {
             (None, _) => Ok(()),
@@ -56,6 +69,10 @@ where
                 service: target.name().to_owned(),
                 sent: String::from_utf8_lossy(v.as_bytes()).into_owned(),
                 pinned: String::from_utf8_lossy(pinned.as_bytes()).into_owned(),
+                operation: format!("{} {}", req.method(), req.uri().path()),
+                rule: target
+                    .config
+                    .pin_key(op.map(|i| &target.config.operation_versions[i])),
             }),
         };
         match verdict {
@@ -131,5 +148,60 @@ mod tests {
             m.contains("\"virtualserver 1.1\"") && m.contains("\"virtualserver 1.3\""),
             "{m}"
         );
+    }
+
+    #[tokio::test]
+    async fn operation_pins_apply_first_match_else_the_service_pin() {
+        use crate::config::OperationVersion;
+        use crate::layers::test_support::{routed_request_for, service};
+        use crate::policy::allowlist::Rule;
+        let mut cfg = service("virtualserver");
+        for (rule, version) in [
+            ("DELETE /v1/servers/*/security-groups/*", "1.0"),
+            ("POST /v1/servers/*/security-groups", "1.0"),
+            ("POST /v1/servers/**", "1.2"),
+        ] {
+            cfg.operation_versions.push(OperationVersion {
+                rule: Rule::parse(rule).unwrap(),
+                version: version.into(),
+            });
+        }
+        for (method, path, sent, want) in [
+            ("POST", "/v1/servers/s1/security-groups", None, Ok("virtualserver 1.0")),
+            ("POST", "/v1/servers/s1/security-groups", Some("virtualserver 1.0"), Ok("virtualserver 1.0")),
+            ("DELETE", "/v1/servers/s1/security-groups/g", None, Ok("virtualserver 1.0")),
+            ("POST", "/v1/servers/s1/start", Some("virtualserver 1.2"), Ok("virtualserver 1.2")),
+            ("GET", "/v1/servers/s1/security-groups", None, Ok("virtualserver 1.3")),
+            ("GET", "/v1/images", Some("virtualserver 1.3"), Ok("virtualserver 1.3")),
+            (
+                "POST",
+                "/v1/servers/s1/security-groups",
+                Some("virtualserver 1.3"),
+                Err("services.virtualserver.operation_versions.\"POST /v1/servers/*/security-groups\""),
+            ),
+            ("GET", "/v1/images", Some("virtualserver 1.0"), Err("services.virtualserver.api_version")),
+        ] {
+            let mut req = routed_request_for(cfg.clone(), method, path, crate::body::empty());
+            if let Some(v) = sent {
+                req.request_mut()
+                    .headers_mut()
+                    .insert(SCP_API_VERSION, HeaderValue::from_static(v));
+            }
+            let (res, seen) = call_recorded(VersionPinLayer, req).await;
+            match want {
+                Ok(header) => {
+                    res.unwrap();
+                    let got = seen.requests.lock().unwrap();
+                    assert_eq!(got[0].0.headers[&SCP_API_VERSION], header, "{method} {path}");
+                }
+                Err(rule) => {
+                    let m = res.unwrap_err().message();
+                    assert!(m.contains(rule), "{m}");
+                    assert!(m.contains(&format!("{method} {path}")), "{m}");
+                    assert!(m.contains(&format!("{:?}", sent.unwrap())), "{m}");
+                    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+                }
+            }
+        }
     }
 }

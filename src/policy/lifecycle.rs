@@ -7,9 +7,11 @@
 //! the hourly loop live in `crate::monitor`.
 
 use crate::catalog::{self, Date, Status};
+use crate::policy::allowlist::Rule;
 
-/// A service's pin as the lifecycle checks see it (`services.NAME`; see
-/// `ServiceConfig::pin`), so this module needs nothing from the configuration's types.
+/// One version pin as the lifecycle checks see it (`services.NAME.api_version`, or one
+/// `services.NAME.operation_versions` entry; see `ServiceConfig::pins`), so this module needs
+/// nothing from the configuration's types.
 #[derive(Clone, Copy, Debug)]
 pub struct Pin<'a> {
     pub service: &'a str,
@@ -18,6 +20,50 @@ pub struct Pin<'a> {
     pub waived: bool,
     /// The upstream's `scheme://authority`, for messages.
     pub upstream: &'a str,
+    /// The operation pin's rule; `None` for the service's own `api_version`, which applies
+    /// to every operation no operation pin matches.
+    pub op: Option<&'a Rule>,
+    /// Whether the service has operation pins (its own pin then covers only the others).
+    pub has_operation_pins: bool,
+}
+
+impl Pin<'_> {
+    /// The config key it comes from: `services.NAME.api_version` or
+    /// `services.NAME.operation_versions."METHOD /path"`.
+    pub fn key(&self) -> String {
+        match self.op {
+            None => format!("services.{}.api_version", self.service),
+            Some(r) => format!(
+                "services.{}.operation_versions.\"{}\"",
+                self.service, r.text
+            ),
+        }
+    }
+
+    /// The operations it applies to, for messages and tables.
+    pub fn operations(&self) -> String {
+        match self.op {
+            Some(r) => r.text.clone(),
+            None if !self.has_operation_pins => "every operation".into(),
+            None => "every other operation".into(),
+        }
+    }
+
+    /// The catalog's operation sets this pin applies to: for an operation pin, those with an
+    /// operation its rule overlaps; for the service's pin, all of the service's.
+    pub fn sets(&self) -> Vec<&'static catalog::OperationSet> {
+        let sets = catalog::sets_of(self.service);
+        match self.op {
+            None => sets.collect(),
+            Some(rule) => sets
+                .filter(|set| {
+                    set.operations
+                        .iter()
+                        .any(|t| Rule::parse(t).is_ok_and(|r| r.intersects(rule)))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A pin within this many days of its last supported day is warned about.
@@ -25,6 +71,8 @@ pub const WARN_DAYS: i64 = 90;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
+    /// Said once, no verdict (an operation the catalog has no dates for).
+    Info,
     Warn,
     Error,
 }
@@ -33,6 +81,8 @@ pub enum Severity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
     pub service: String,
+    /// The operation pin's rule (`METHOD /path`); `None` for the service's own pin.
+    pub operation: Option<String>,
     pub severity: Severity,
     /// Stable name of what was found, for logs.
     pub kind: &'static str,
@@ -57,15 +107,15 @@ impl Assessment {
     }
 }
 
-fn newest(service: &str) -> String {
-    match catalog::current(service) {
+fn newest(set: &'static catalog::OperationSet) -> String {
+    match catalog::current_in(set) {
         Some(v) => format!("{} ({})", v.version, v.status.as_str()),
         None => "none known".to_owned(),
     }
 }
 
-fn known_list(service: &str) -> String {
-    catalog::versions_of(service)
+fn known_list(set: &'static catalog::OperationSet) -> String {
+    catalog::versions_in(set)
         .map(|v| match v.last_day {
             Some(d) => format!("{} {} until {d}", v.version, v.status.as_str()),
             None => format!("{} {}", v.version, v.status.as_str()),
@@ -74,84 +124,153 @@ fn known_list(service: &str) -> String {
         .join(", ")
 }
 
-/// Assesses `svc`'s pin against the built-in catalog on `today` (UTC).
-pub fn assess(svc: Pin<'_>, today: Date) -> Assessment {
-    let name = svc.service;
-    let pin = svc.version;
+/// Assesses one pin against every catalog operation set it applies to, on `today` (UTC). An
+/// operation pin outside every set is *unknown*: noted, with no verdict.
+pub fn assess(pin: Pin<'_>, today: Date) -> Assessment {
+    let name = pin.service;
+    let v = pin.version;
+    let key = pin.key();
     let finding = |severity: Severity, kind: &'static str, message: String| Finding {
         service: name.to_owned(),
+        operation: pin.op.map(|r| r.text.clone()),
         severity,
         kind,
         message,
-        blocks_deploy: severity == Severity::Error && !svc.waived,
+        blocks_deploy: severity == Severity::Error && !pin.waived,
     };
-    let waiver = if svc.waived {
+    let waiver = if pin.waived {
         " (allowed by services.NAME.allow_unsupported_version = true)".replace("NAME", name)
     } else {
         format!(
-            "; move services.{name}.api_version to a supported version, or set services.{name}.allow_unsupported_version = true to deploy anyway"
+            "; move {key} to a supported version, or set services.{name}.allow_unsupported_version = true to deploy anyway"
         )
     };
-    if catalog::versions_of(name).next().is_none() {
-        return Assessment {
-            days_left: None,
-            findings: vec![finding(
+    let sets = pin.sets();
+    if sets.is_empty() {
+        let finding = match pin.op {
+            None if catalog::sets_of(name).next().is_none() => finding(
                 Severity::Warn,
                 "unknown_service",
-                format!("the version catalog does not know service {name:?}; its pin {pin} is not checked against a lifecycle"),
-            )],
+                format!("the version catalog does not know service {name:?}; its pin {v} is not checked against a lifecycle"),
+            ),
+            _ => finding(
+                Severity::Info,
+                "unknown_operation",
+                format!(
+                    "{name} {v} for {}: unknown (the version catalog has no dates for these operations), so no verdict",
+                    pin.operations()
+                ),
+            ),
         };
-    }
-    let Some(v) = catalog::find(name, pin) else {
         return Assessment {
             days_left: None,
-            findings: vec![finding(
+            findings: vec![finding],
+        };
+    }
+    let mut days_left: Option<i64> = None;
+    let mut findings = Vec::new();
+    for set in sets {
+        let what = set.name;
+        let Some(entry) = catalog::find_in(set, v) else {
+            findings.push(finding(
                 Severity::Warn,
                 "unknown_version",
                 format!(
-                    "{name} {pin} is not in the version catalog (known: {}); SCP may refuse it with 406",
-                    known_list(name)
+                    "{name} {v} is not in the version catalog for {what} (known: {}); SCP may refuse it with 406",
+                    known_list(set)
                 ),
-            )],
+            ));
+            continue;
         };
-    };
-    let days_left = v.days_left(today);
-    let mut findings = Vec::new();
-    if v.status == Status::Planned {
-        findings.push(finding(
-            Severity::Error,
-            "planned",
-            format!(
-                "{name} {pin} is PLANNED: documented but not callable yet; the newest callable version is {}{waiver}",
-                newest(name)
-            ),
-        ));
-    }
-    match (v.last_day, days_left) {
-        (Some(last), Some(d)) if d < 0 => findings.push(finding(
-            Severity::Error,
-            "unsupported",
-            format!(
-                "{name} {pin} was supported until {last} and is no longer ({} days ago); SCP answers 406 to it; the newest version is {}{waiver}",
-                -d,
-                newest(name)
-            ),
-        )),
-        (Some(last), Some(d)) if d <= WARN_DAYS => findings.push(finding(
-            Severity::Warn,
-            "ending_soon",
-            format!(
-                "{name} {pin} is {} and supported until {last} ({d} days left); move to {} before then",
-                v.status.as_str(),
-                newest(name)
-            ),
-        )),
-        _ => {}
+        let left = entry.days_left(today);
+        days_left = match (days_left, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if entry.status == Status::Planned {
+            findings.push(finding(
+                Severity::Error,
+                "planned",
+                format!(
+                    "{name} {v} is PLANNED for {what}: documented but not callable yet; the newest callable version is {}{waiver}",
+                    newest(set)
+                ),
+            ));
+        }
+        match (entry.last_day, left) {
+            (Some(last), Some(d)) if d < 0 => findings.push(finding(
+                Severity::Error,
+                "unsupported",
+                format!(
+                    "{name} {v} for {what} was supported until {last} and is no longer ({} days ago); SCP answers 406 to it; the newest version is {}{waiver}",
+                    -d,
+                    newest(set)
+                ),
+            )),
+            (Some(last), Some(d)) if d <= WARN_DAYS => findings.push(finding(
+                Severity::Warn,
+                "ending_soon",
+                format!(
+                    "{name} {v} for {what} is {} and supported until {last} ({d} days left); move to {} before then",
+                    entry.status.as_str(),
+                    newest(set)
+                ),
+            )),
+            _ => {}
+        }
     }
     Assessment {
         days_left,
         findings,
     }
+}
+
+/// Which pin applies to which operations, with the catalog's word on each (the table
+/// `check-config` and `versions` print for a configuration).
+pub fn pins_table(pins: &[Pin<'_>], today: Date) -> String {
+    use std::fmt::Write as _;
+    let mut o =
+        format!("# version pins as of {today} (UTC): the first that matches a request applies\n");
+    let _ = writeln!(
+        o,
+        "{:<16} {:<44} {:<8} CATALOG",
+        "SERVICE", "OPERATIONS", "VERSION"
+    );
+    for pin in pins {
+        let sets = pin.sets();
+        let verdict = if sets.is_empty() {
+            "unknown (no dates for these operations)".to_owned()
+        } else {
+            sets.iter()
+                .map(|set| match catalog::find_in(set, pin.version) {
+                    None => format!("{}: not in the catalog", set.name),
+                    Some(e) => match (e.last_day, e.days_left(today)) {
+                        (Some(d), Some(n)) if n < 0 => format!(
+                            "{}: {} until {d}, ENDED {} days ago",
+                            set.name,
+                            e.status.as_str(),
+                            -n
+                        ),
+                        (Some(d), Some(n)) => format!(
+                            "{}: {} until {d} ({n} days left)",
+                            set.name,
+                            e.status.as_str()
+                        ),
+                        _ => format!("{}: {}", set.name, e.status.as_str()),
+                    },
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let _ = writeln!(
+            o,
+            "{:<16} {:<44} {:<8} {verdict}",
+            pin.service,
+            pin.operations(),
+            pin.version
+        );
+    }
+    o
 }
 
 /// The catalog as a table, days left counted from `today`; `pins` (service, version) are
@@ -162,7 +281,7 @@ pub fn catalog_table(today: Date, pins: &[(&str, &str)]) -> String {
     let _ = writeln!(o, "# built-in version catalog, as of {today} (UTC)");
     let _ = writeln!(
         o,
-        "{:<16} {:<8} {:<11} {:<10} {:>9}",
+        "{:<16} {:<8} {:<11} {:<10} {:>9}  OPERATIONS",
         "SERVICE", "VERSION", "STATUS", "LAST DAY", "DAYS LEFT"
     );
     for v in catalog::CATALOG {
@@ -175,17 +294,22 @@ pub fn catalog_table(today: Date, pins: &[(&str, &str)]) -> String {
         };
         let _ = writeln!(
             o,
-            "{:<16} {:<8} {:<11} {:<10} {:>9}",
+            "{:<16} {:<8} {:<11} {:<10} {:>9}  {}",
             v.service,
             version,
             v.status.as_str(),
             last,
-            left
+            left,
+            v.operations.name
         );
     }
     if !pins.is_empty() {
         let _ = writeln!(o, "(* pinned by the configuration)");
     }
+    let _ = writeln!(
+        o,
+        "Operations outside these sets have no dates here: their versions are unknown, not judged."
+    );
     o
 }
 
@@ -236,6 +360,7 @@ pub fn compare_live(svc: Pin<'_>, live: &[LiveVersion]) -> Vec<Finding> {
     let name = svc.service;
     let warn = |kind: &'static str, message: String| Finding {
         service: name.to_owned(),
+        operation: None,
         severity: Severity::Warn,
         kind,
         message,
@@ -329,7 +454,62 @@ mod tests {
             version: pin,
             waived: allow,
             upstream: "https://virtualserver.kr-west1.e.samsungsdscloud.com",
+            op: None,
+            has_operation_pins: false,
         }
+    }
+
+    #[test]
+    fn operation_pins_are_judged_against_the_operations_they_cover() {
+        let sg = Rule::parse("POST /v1/servers/*/security-groups").unwrap();
+        let import = Rule::parse("POST /v1/images/*/import").unwrap();
+        let op = |rule, version| Pin {
+            op: Some(rule),
+            has_operation_pins: true,
+            ..svc("virtualserver", version, false)
+        };
+        let today = Date::new(2026, 6, 1);
+
+        // No catalog dates for security groups: a note, no verdict, no metric value.
+        let p = op(&sg, "1.0");
+        assert!(p.sets().is_empty());
+        let a = assess(p, today);
+        assert_eq!(kinds(&a), [("unknown_operation", Severity::Info, false)]);
+        assert_eq!(a.days_left, None);
+        assert_eq!(a.findings[0].operation.as_deref(), Some(sg.text.as_str()));
+        assert_eq!(
+            p.key(),
+            "services.virtualserver.operation_versions.\"POST /v1/servers/*/security-groups\""
+        );
+
+        // Image import 1.0 ended 2025-12-31: an error naming the operation pin's key.
+        let a = assess(op(&import, "1.0"), today);
+        assert_eq!(kinds(&a), [("unsupported", Severity::Error, true)]);
+        assert!(a.days_left.is_some_and(|d| d < 0));
+        assert!(
+            a.findings[0].message.contains(
+                "move services.virtualserver.operation_versions.\"POST /v1/images/*/import\""
+            ),
+            "{:?}",
+            a.findings
+        );
+
+        // The service's own pin then covers only the other operations.
+        let own = Pin {
+            has_operation_pins: true,
+            ..svc("virtualserver", "1.3", false)
+        };
+        assert_eq!(own.operations(), "every other operation");
+        assert_eq!(
+            svc("virtualserver", "1.3", false).operations(),
+            "every operation"
+        );
+        let t = pins_table(&[op(&sg, "1.0"), op(&import, "1.0"), own], today);
+        assert!(t.contains("unknown (no dates for these operations)"), "{t}");
+        assert!(
+            t.contains("image operations: DEPRECATED until 2025-12-31, ENDED"),
+            "{t}"
+        );
     }
 
     fn kinds(a: &Assessment) -> Vec<(&'static str, Severity, bool)> {
@@ -419,7 +599,7 @@ mod tests {
             "{t}"
         );
         let line = t.lines().find(|l| l.contains(" 1.2 ")).unwrap();
-        assert!(line.trim_end().ends_with("91"), "{t}");
+        assert!(line.contains(" 91  image operations"), "{t}");
     }
 
     #[test]

@@ -15,11 +15,15 @@ pub use image_url::UrlError;
 /// A request the proxy refuses on policy grounds. Each message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("Scp-Api-Version {sent:?} does not match the pinned {pinned:?} for service {service}: send \"{pinned}\" or no Scp-Api-Version at all (the proxy adds it)")]
+    #[error("Scp-Api-Version {sent:?} does not match the pinned {pinned:?} for {operation} on service {service} (the pin of {rule}): send \"{pinned}\" or no Scp-Api-Version at all (the proxy adds it)")]
     ApiVersionMismatch {
         service: String,
         sent: String,
         pinned: String,
+        /// `METHOD /path` of the request, as the service sees it.
+        operation: String,
+        /// The config key the applicable pin comes from.
+        rule: String,
     },
     #[error("{method} {path} is not allowed on service {service}: its allowlist (services.{service}.allow) is {rules}; ask the operator to add a rule if the app needs it")]
     OperationNotAllowed {

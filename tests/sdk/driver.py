@@ -20,6 +20,7 @@ import scpv2
 import scpv2.session
 
 DEMO_IMAGE_ID = "3f8c2a6e-9b1d-4c7a-8e5f-2d0b6a9c4e17"
+DEMO_SERVER_ID = "9d2f6c1a-4b7e-4e3a-9c5d-1f8a2b6e0c34"
 ODD_NAME = "우분투 a+b/c:d"
 
 calls = []
@@ -102,12 +103,13 @@ def images(proxy, account):
 
 
 def security_group(proxy, account):
+    """An operation the SDK sends `virtualserver 1.0` for."""
     vs = session(lambda api: f"{proxy}/{api}").client("virtualserver")
     call(
         "virtualserver.attach_virtual_server_security_group",
         vs.attach_virtual_server_security_group,
-        server_id="demo-server",
-        security_group_id="demo-sg",
+        server_id=DEMO_SERVER_ID,
+        security_group_id="sg-sdk-test",
     )
 
 
