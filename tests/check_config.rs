@@ -144,6 +144,46 @@ fn versions_prints_the_catalog_with_the_pin_marked() {
     assert!(stderr.contains("--config"), "{stderr}");
 }
 
+/// `versions` with a configuration: which pin applies to which operations, and only dated
+/// pins marked in the catalog (the security-group 1.0 is not image operations' 1.0).
+#[test]
+fn versions_shows_which_pin_applies_to_which_operation() {
+    let f = config(
+        "1.3",
+        "[services.virtualserver.operation_versions]\n\
+         \"POST /v1/servers/*/security-groups\" = \"1.0\"\n\
+         \"POST /v1/images/*/import\" = \"1.2\"\n",
+        SCP,
+    );
+    let path = f.path().to_str().unwrap();
+    let (code, stdout, stderr) = run(&["versions", "--config", path, "--today", "2026-06-01"]);
+    assert_eq!(code, 0, "{stderr}");
+    for (ops, version, verdict) in [
+        (
+            "POST /v1/images/*/import",
+            "1.2",
+            "image operations: SUPPORTED until 2026-08-31 (91 days left)",
+        ),
+        (
+            "POST /v1/servers/*/security-groups",
+            "1.0",
+            "unknown (no dates for these operations)",
+        ),
+        ("every other operation", "1.3", "image operations: CURRENT"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("virtualserver") && l.contains(ops))
+            .unwrap_or_else(|| panic!("no {ops} in:\n{stdout}"));
+        assert!(line.contains(version) && line.contains(verdict), "{line}");
+    }
+    assert!(
+        stdout.contains(" 1.2* ") && stdout.contains(" 1.3* "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(" 1.0* "), "{stdout}");
+}
+
 /// A tiny upstream answering every request with the given version list.
 fn version_list_server(body: &'static str) -> (String, std::thread::JoinHandle<()>) {
     use std::io::{Read, Write};

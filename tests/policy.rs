@@ -344,6 +344,44 @@ async fn past_its_date_pin_still_serves_and_days_left_goes_negative() {
     );
 }
 
+/// Each dated pin has its own days-left series: the service's pin with `{service}` alone, an
+/// operation pin with its rule as `operation`; a pin the catalog has no dates for has none.
+#[tokio::test]
+async fn days_left_per_operation_pin() {
+    let up = RecordingUpstream::start(SECRET).await;
+    let (cfg, _dir) = config(&up.base(), "1.3")
+        .service_named(
+            "virtualserver",
+            r#"allow = ["GET /v1/images/**", "POST /v1/images/*/import", "POST /v1/servers/*/security-groups"]"#,
+        )
+        .service_named(
+            "virtualserver",
+            "[services.virtualserver.operation_versions]\n\
+             \"POST /v1/images/*/import\" = \"1.1\"\n\
+             \"POST /v1/servers/*/security-groups\" = \"1.0\"",
+        )
+        .load();
+    let proxy = common::start_proxy(cfg).await;
+    let today = Date::of(std::time::SystemTime::now());
+    let left = catalog::find("virtualserver", "1.1")
+        .unwrap()
+        .days_left(today)
+        .unwrap();
+    let metrics = proxy.metrics.encode();
+    assert!(
+        metrics.contains(&format!(
+            "scp_auth_proxy_api_version_days_left{{service=\"virtualserver\",operation=\"POST /v1/images/*/import\"}} {left}\n"
+        )),
+        "{metrics}"
+    );
+    let days: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("scp_auth_proxy_api_version_days_left{"))
+        .collect();
+    // 1.3 has no announced end, security groups no dates: only the import pin has a value.
+    assert_eq!(days.len(), 1, "{metrics}");
+}
+
 #[tokio::test]
 async fn live_version_list_is_read_and_compared() {
     use scp_auth_proxy::{monitor, policy::lifecycle};
