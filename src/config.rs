@@ -32,8 +32,6 @@ pub enum ConfigError {
         origin: String,
         message: String,
     },
-    #[error("{0}")]
-    Credentials(#[from] crate::credentials::CredentialsError),
 }
 
 impl From<figment::Error> for ConfigError {
@@ -82,7 +80,7 @@ struct RawConfig {
 }
 
 /// `[telemetry]`: span export.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// OTLP/HTTP collector (`http://127.0.0.1:4318`): spans go to `{endpoint}/v1/traces` (or
@@ -117,7 +115,7 @@ impl TelemetryConfig {
 }
 
 /// `[audit]`: where the per-request audit records go.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// Append records as JSON lines to this file instead of the log (target `audit`).
@@ -125,7 +123,7 @@ pub struct AuditConfig {
 }
 
 /// `[server]`
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Data plane: `HOST:PORT`, or `unix:/ABSOLUTE/PATH` for a Unix socket. Loopback by
@@ -296,7 +294,7 @@ impl Default for RawCredentials {
 }
 
 /// `[routing]`
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Service for paths whose first segment names no configured service.
@@ -392,7 +390,7 @@ fn default_max_idle_connections() -> usize {
 }
 
 /// `[emulator]`: the built-in SCP emulator, for the `dev` profile.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmulatorConfig {
     /// Start the emulator inside the proxy on a loopback port and send every service to it,
@@ -444,7 +442,7 @@ pub struct CredentialsConfig {
 }
 
 /// One `[services.NAME]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub name: String,
     pub upstream: Upstream,
@@ -467,7 +465,7 @@ pub struct ServiceConfig {
 
 /// One `[services.NAME.operation_versions]` entry: requests matching `rule` are pinned to
 /// `version` instead of the service's `api_version`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperationVersion {
     pub rule: crate::policy::allowlist::Rule,
     /// `MAJOR.MINOR`

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{self, ConfigError, CredentialsConfig, Overrides, Source};
-use crate::credentials::{CredentialStore, Credentials};
+use crate::credentials::{CredentialStore, Credentials, CredentialsError};
 use crate::metrics::{Metrics, ResultLabel};
 use zeroize::Zeroizing;
 
@@ -26,7 +26,7 @@ pub(crate) struct Reloader {
     pub metrics: Metrics,
     /// Everything but `[credentials]` as running, to say when a reload changed what only a
     /// restart applies.
-    pub running: String,
+    pub running: RestartOnly,
     /// SIGHUP and the file watcher may fire together; one reload at a time, so an older read
     /// can never be stored after a newer one.
     pub serial: Arc<Mutex<()>>,
@@ -44,12 +44,36 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
-/// The parts of a configuration a reload cannot apply (listeners, routes, services).
-pub(crate) fn restart_only(cfg: &config::Config) -> String {
-    format!(
-        "{:?} {:?} {:?} {:?}",
-        cfg.server, cfg.routing, cfg.services, cfg.emulator
-    )
+/// Why a reload kept the running key pair.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+}
+
+/// The parts of a configuration a reload cannot apply (listeners, routes, services, the
+/// emulator, where audit records and spans go), compared field by field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RestartOnly {
+    server: config::ServerConfig,
+    routing: config::RoutingConfig,
+    services: Vec<config::ServiceConfig>,
+    emulator: config::EmulatorConfig,
+    audit: config::AuditConfig,
+    telemetry: config::TelemetryConfig,
+}
+
+pub(crate) fn restart_only(cfg: &config::Config) -> RestartOnly {
+    RestartOnly {
+        server: cfg.server.clone(),
+        routing: cfg.routing.clone(),
+        services: cfg.services.clone(),
+        emulator: cfg.emulator.clone(),
+        audit: cfg.audit.clone(),
+        telemetry: cfg.telemetry.clone(),
+    }
 }
 
 /// What identifies a file's current content without reading it.
@@ -72,23 +96,24 @@ impl FileStamp {
 }
 
 impl Reloader {
+    /// The configuration and the key pair it names, read anew.
+    fn read(&self, why: &str) -> Result<Credentials, ReloadError> {
+        let cfg = config::load(&self.source, &self.overrides)?;
+        if restart_only(&cfg) != self.running {
+            tracing::warn!(
+                reason = why,
+                "the configuration changed outside [credentials]; only the key pair and \
+                 [credentials] apply on reload, the rest on restart"
+            );
+        }
+        let secret_env = self.secret_env.as_deref().map(String::as_str);
+        Ok(Credentials::load(&cfg.credentials, secret_env)?)
+    }
+
     /// Re-reads configuration and the key pair; swaps them in only when both are valid.
-    pub(crate) fn reload(&self, why: &str) -> Result<(), ConfigError> {
+    pub(crate) fn reload(&self, why: &str) -> Result<(), ReloadError> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|e| e.into_inner());
-        let result = config::load(&self.source, &self.overrides).and_then(|cfg| {
-            if restart_only(&cfg) != self.running {
-                tracing::warn!(
-                    reason = why,
-                    "the configuration changed outside [credentials]; only the key pair and \
-                     [credentials] apply on reload, the rest on restart"
-                );
-            }
-            Credentials::load(
-                &cfg.credentials,
-                self.secret_env.as_deref().map(String::as_str),
-            )
-            .map_err(ConfigError::from)
-        });
+        let result = self.read(why);
         match result {
             Ok(creds) => {
                 let loaded_at = creds.loaded_at;
@@ -197,5 +222,26 @@ mod tests {
         std::fs::rename(&tmp, &link).unwrap();
         assert_ne!(FileStamp::of(&link), before);
         assert!(FileStamp::of(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn only_changes_outside_credentials_count_as_restart_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let load = |credentials: &str, service: &str| {
+            let toml = format!(
+                "[credentials]\naccess_key = \"ak\"\n{credentials}\n\
+                 [services.virtualserver]\nupstream = \"https://virtualserver.kr-west1.e.samsungsdscloud.com\"\n\
+                 api_version = \"1.3\"\n{service}\n"
+            );
+            std::fs::write(&path, toml).unwrap();
+            let cfg = config::load(&Source::File(path.clone()), &Overrides::default()).unwrap();
+            restart_only(&cfg)
+        };
+        let running = load("", "");
+        assert_eq!(load("", ""), running);
+        assert_eq!(load("account_id = \"other\"", ""), running);
+        assert_ne!(load("", "timeout = \"9s\""), running);
+        assert_ne!(load("", "allow = [\"GET /v1/images\"]"), running);
     }
 }
