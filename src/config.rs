@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
@@ -654,11 +654,7 @@ pub fn figment(
         }
     }
     fig = fig
-        .merge(
-            Env::prefixed("SCP_PROXY_")
-                .split("__")
-                .filter(|k| is_known_key(&k.as_str().to_ascii_lowercase())),
-        )
+        .merge(crate::env::config_overrides(is_known_key))
         .merge(Serialized::default("server", overrides));
     Ok((fig, files))
 }

@@ -15,8 +15,9 @@ use zeroize::Zeroizing;
 use crate::config::CredentialsConfig;
 use crate::signer::SigningKey;
 
-/// The environment variable that may carry the secret instead of a file.
-pub const SECRET_ENV: &str = "SCP_SECRET_KEY";
+/// The environment variable that may carry the secret instead of a file (read by
+/// [`crate::env`]).
+pub use crate::env::SECRET_KEY as SECRET_ENV;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {

@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod config;
 pub mod credentials;
 pub mod emulator;
+pub(crate) mod env;
 pub mod error;
 pub mod forward;
 pub mod layers;

@@ -329,8 +329,9 @@ pub fn init(format: LogFormat) -> LogSink {
             std::thread::sleep(Duration::from_millis(100));
             flusher.flush();
         });
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = crate::env::log_filter()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if !ansi || format == LogFormat::Json {
         let _ = ACCESS.set((sink.clone(), format));

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config, ConfigError};
-use crate::credentials::{CredentialsError, SECRET_ENV};
+use crate::credentials::CredentialsError;
 use crate::emulator::EmulatorError;
 use crate::StartError;
 
@@ -100,7 +100,7 @@ fn load(cli: &Cli) -> Result<Config, Error> {
 }
 
 fn secret_env() -> Option<String> {
-    std::env::var(SECRET_ENV).ok()
+    crate::env::secret_key()
 }
 
 /// A runtime for a short command (one thread).

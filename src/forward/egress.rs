@@ -71,7 +71,7 @@ impl Egress {
     /// From the process environment: `HTTPS_PROXY` (else `https_proxy`), `HTTP_PROXY` (else
     /// `http_proxy`), `NO_PROXY` (else `no_proxy`). `ALL_PROXY` is not used.
     pub fn from_env() -> Self {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(crate::env::var)
     }
 
     /// Like [`Egress::from_env`], with variables looked up by `get`.
