@@ -41,8 +41,9 @@ impl Health {
     }
 }
 
-/// The admin endpoints: `/healthz`, `/readyz`, `/metrics`, and `POST /quitquitquit` when
-/// `server.enable_quit` is set.
+/// The admin endpoints: `/healthz`, `/readyz`, `/metrics`, `POST /quitquitquit` when
+/// `server.enable_quit` is set, and `/ca.pem` (the forward proxy's CA certificate) when
+/// `[forward_proxy] listen` is.
 #[derive(Clone)]
 pub(crate) struct Admin {
     pub health: Arc<Health>,
@@ -50,6 +51,8 @@ pub(crate) struct Admin {
     pub credentials: crate::credentials::CredentialStore,
     /// Starts the graceful drain (`POST /quitquitquit`); `None` unless `server.enable_quit`.
     pub quit: Option<watch::Sender<bool>>,
+    /// The forward proxy's CA certificate (PEM), served at `/ca.pem` when that mode is on.
+    pub ca_pem: Option<Arc<str>>,
 }
 
 impl Admin {
@@ -101,6 +104,11 @@ impl Admin {
                     self.metrics.encode()
                 },
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            "/ca.pem" if self.ca_pem.is_some() => text(
+                StatusCode::OK,
+                self.ca_pem.as_deref().unwrap_or_default().to_owned(),
+                "application/x-pem-file",
             ),
             _ => text(
                 StatusCode::NOT_FOUND,

@@ -538,11 +538,13 @@ allow_unsupported_version = true
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let text = parts.metrics.encode();
         assert!(
-            text.contains(r#"service="virtualserver",method="DELETE",status_class="4xx"} 1"#),
+            text.contains(
+                r#"service="virtualserver",method="DELETE",status_class="4xx",listener="plain"} 1"#
+            ),
             "{text}"
         );
         assert!(
-            text.contains(r#"service="-",method="GET",status_class="4xx"} 1"#),
+            text.contains(r#"service="-",method="GET",status_class="4xx",listener="plain"} 1"#),
             "{text}"
         );
     }

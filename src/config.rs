@@ -77,6 +77,8 @@ struct RawConfig {
     audit: AuditConfig,
     #[serde(default)]
     telemetry: TelemetryConfig,
+    #[serde(default)]
+    forward_proxy: ForwardProxyConfig,
 }
 
 /// `[telemetry]`: span export.
@@ -339,6 +341,8 @@ struct RawService {
     /// `"METHOD /path" = "MAJOR.MINOR"`.
     #[serde(default)]
     operation_versions: BTreeMap<String, String>,
+    #[serde(default)]
+    intercept: Vec<String>,
 }
 
 /// `[services.NAME.retry]`: re-signed retries of failed attempts.
@@ -413,6 +417,21 @@ impl Default for EmulatorConfig {
     }
 }
 
+/// `[forward_proxy]`: the opt-in HTTP forward-proxy listener (`HTTPS_PROXY` for unchanged
+/// tools). Off unless `listen` is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardProxyConfig {
+    /// Where the forward proxy listens, e.g. "127.0.0.1:8443"; unset: no forward proxy.
+    pub listen: Option<SocketAddr>,
+    /// PEM CA certificate that signs the per-host leaf certificates (with `ca_key_file`).
+    pub ca_cert_file: Option<PathBuf>,
+    /// PEM PKCS#8 private key of `ca_cert_file`; must not be readable by group or others.
+    pub ca_key_file: Option<PathBuf>,
+    /// Where to write the CA certificate (public part only) at start.
+    pub ca_cert_out: Option<PathBuf>,
+}
+
 // ---------------------------------------------------------------- validated
 
 /// The validated configuration the proxy runs with.
@@ -425,6 +444,7 @@ pub struct Config {
     pub emulator: EmulatorConfig,
     pub audit: AuditConfig,
     pub telemetry: TelemetryConfig,
+    pub forward_proxy: ForwardProxyConfig,
     /// Human-readable list of the files that were read, for messages.
     pub sources: Vec<PathBuf>,
 }
@@ -461,6 +481,9 @@ pub struct ServiceConfig {
     /// `[services.NAME.operation_versions]`, in the order they are tried: the first whose rule
     /// matches a request gives its pin; none: `api_version`.
     pub operation_versions: Vec<OperationVersion>,
+    /// Extra public authorities (`host:port`, lower-case) the forward proxy intercepts for this
+    /// service, besides its upstream's own.
+    pub intercept: Vec<http::uri::Authority>,
 }
 
 /// One `[services.NAME.operation_versions]` entry: requests matching `rule` are pinned to
@@ -567,6 +590,31 @@ impl Upstream {
 }
 
 impl ServiceConfig {
+    /// The public authorities (`host:port`) the forward proxy accepts CONNECT for: the
+    /// upstream's own (port made explicit) and `intercept`.
+    pub fn public_authorities(&self) -> Vec<String> {
+        let up = &self.upstream;
+        let port = up
+            .authority
+            .port_u16()
+            .unwrap_or(if up.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        let mut all = vec![format!(
+            "{}:{port}",
+            up.authority.host().to_ascii_lowercase()
+        )];
+        for a in &self.intercept {
+            let a = a.as_str().to_owned();
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+        all
+    }
+
     /// The SCP environment (`s`, `g`, `e`) when the upstream host tells it.
     pub fn env(&self) -> Option<String> {
         self.upstream.scp_region_env().1
@@ -704,6 +752,10 @@ fn is_known_key(key: &str) -> bool {
         ("emulator", &["in_process", "listen", "import_delay"]),
         ("audit", &["file"]),
         ("telemetry", &["otlp_endpoint", "service_name"]),
+        (
+            "forward_proxy",
+            &["listen", "ca_cert_file", "ca_key_file", "ca_cert_out"],
+        ),
     ];
     const SERVICE_KEYS: &[&str] = &[
         "upstream",
@@ -717,6 +769,7 @@ fn is_known_key(key: &str) -> bool {
         "body_idle_timeout",
         "max_idle_connections",
         "operation_versions",
+        "intercept",
     ];
     const RETRY_KEYS: &[&str] = &["max_attempts", "budget_percent", "backoff", "operations"];
     let parts: Vec<&str> = key.split('.').collect();
@@ -854,7 +907,12 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
                     message: m,
                 }
             })?;
+        let mut intercept = Vec::with_capacity(s.intercept.len());
+        for a in &s.intercept {
+            intercept.push(parse_intercept(a).map_err(|m| invalid(&key("intercept"), m))?);
+        }
         services.push(ServiceConfig {
+            intercept,
             name,
             upstream,
             api_version,
@@ -878,6 +936,33 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
                     names(&services)
                 ),
             ));
+        }
+    }
+    // One intercepted authority names one service: the forward proxy routes by it.
+    let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+    for svc in &services {
+        for a in &svc.intercept {
+            if let Some(other) = owners.insert(a.as_str(), &svc.name) {
+                return Err(invalid(
+                    &format!("services.{}.intercept", svc.name),
+                    format!("{a} is also in services.{other}.intercept; one authority can name one service"),
+                ));
+            }
+        }
+    }
+    let fp = raw.forward_proxy;
+    if fp.ca_cert_file.is_some() != fp.ca_key_file.is_some() {
+        return Err(invalid(
+            "forward_proxy.ca_key_file",
+            "set both forward_proxy.ca_cert_file and forward_proxy.ca_key_file, or neither (a CA is then generated in memory)".into(),
+        ));
+    }
+    for (k, f) in [
+        ("forward_proxy.ca_cert_file", &fp.ca_cert_file),
+        ("forward_proxy.ca_key_file", &fp.ca_key_file),
+    ] {
+        if let Some(f) = f {
+            require_file(f).map_err(|e| invalid(k, e.to_string()))?;
         }
     }
     let server = raw.server;
@@ -1021,6 +1106,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         emulator: raw.emulator,
         audit: raw.audit,
         telemetry: raw.telemetry,
+        forward_proxy: fp,
         sources,
     })
 }
@@ -1089,6 +1175,25 @@ fn operation_versions(
         pins.iter().map(|p| (covered(p), p.clone())).collect();
     keyed.sort_by(|(n, a), (m, b)| n.cmp(m).then_with(|| a.rule.text.cmp(&b.rule.text)));
     Ok(keyed.into_iter().map(|(_, p)| p).collect())
+}
+
+/// `host[:port]` (port 443 when absent), lower-cased; no scheme, path or user info.
+fn parse_intercept(s: &str) -> Result<http::uri::Authority, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not host:port (e.g. \"virtualserver.kr-west1.e.samsungsdscloud.com:443\")"
+        )
+    };
+    if s.is_empty() || s.contains(['/', '?', '#', '@', ' ']) {
+        return Err(bad());
+    }
+    let a: http::uri::Authority = s.to_ascii_lowercase().parse().map_err(|_| bad())?;
+    let has_port = s.rsplit_once(':').is_some_and(|(_, t)| !t.contains(']'));
+    match (has_port, a.port_u16()) {
+        (true, Some(p)) if p != 0 => Ok(a),
+        (true, _) => Err(bad()),
+        (false, _) => format!("{}:443", a.host()).parse().map_err(|_| bad()),
+    }
 }
 
 /// " (in FILE)" or " (from the environment)" for a key, when figment knows.
@@ -1276,6 +1381,10 @@ impl Config {
                     r.operations
                 );
             }
+            if !svc.intercept.is_empty() {
+                let all: Vec<&str> = svc.intercept.iter().map(|a| a.as_str()).collect();
+                let _ = writeln!(o, "intercept = {all:?}");
+            }
             if !svc.operation_versions.is_empty() {
                 let _ = writeln!(
                     o,
@@ -1284,6 +1393,19 @@ impl Config {
                 );
                 for op in &svc.operation_versions {
                     let _ = writeln!(o, "\"{}\" = \"{}\"", op.rule.text, op.version);
+                }
+            }
+        }
+        let fp = &self.forward_proxy;
+        if let Some(listen) = fp.listen {
+            let _ = writeln!(o, "\n[forward_proxy]\nlisten = \"{listen}\"");
+            for (k, v) in [
+                ("ca_cert_file", &fp.ca_cert_file),
+                ("ca_key_file", &fp.ca_key_file),
+                ("ca_cert_out", &fp.ca_cert_out),
+            ] {
+                if let Some(v) = v {
+                    let _ = writeln!(o, "{k} = \"{}\"", v.display());
                 }
             }
         }
@@ -1578,6 +1700,63 @@ mod tests {
         assert!(m.contains("overlaps"), "{m}");
         let (_, m) = err(&[("GET /v1/a", "1.0"), ("GET  /v1/a", "1.1")], None);
         assert!(m.contains("exactly"), "{m}");
+    }
+
+    #[test]
+    fn intercept_entries_are_host_port() {
+        assert_eq!(
+            parse_intercept("VS.Example.com").unwrap().as_str(),
+            "vs.example.com:443"
+        );
+        assert_eq!(
+            parse_intercept("vs.example.com:8443").unwrap().as_str(),
+            "vs.example.com:8443"
+        );
+        assert_eq!(parse_intercept("[::1]:443").unwrap().as_str(), "[::1]:443");
+        for bad in [
+            "",
+            "https://vs.example.com",
+            "vs.example.com/x",
+            "h:0",
+            "h:x",
+            "h:",
+            "u@h:443",
+        ] {
+            assert!(parse_intercept(bad).is_err(), "{bad}");
+        }
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file("config/default.toml", BASE)?;
+            jail.create_file(
+                "config/p.toml",
+                "[services.virtualserver]\nintercept = [\"a.example:443\"]\n[services.iam]\nupstream = \"https://iam.e.samsungsdscloud.com\"\napi_version = \"1.4\"\nintercept = [\"a.example\"]\n",
+            )?;
+            let err = profile(jail, "p").unwrap_err().to_string();
+            assert!(err.contains("services.virtualserver.intercept"), "{err}");
+            jail.create_file(
+                "config/q.toml",
+                "[forward_proxy]\nlisten = \"127.0.0.1:8443\"\nca_cert_file = \"ca.pem\"\n",
+            )?;
+            let err = profile(jail, "q").unwrap_err().to_string();
+            assert!(err.contains("forward_proxy.ca_key_file"), "{err}");
+            jail.create_file(
+                "config/r.toml",
+                "[services.virtualserver]\nintercept = [\"vs.example\"]\n[forward_proxy]\nlisten = \"127.0.0.1:8443\"\n",
+            )?;
+            let c = profile(jail, "r").unwrap();
+            assert_eq!(
+                c.forward_proxy.listen,
+                Some("127.0.0.1:8443".parse().unwrap())
+            );
+            assert_eq!(
+                c.service("virtualserver").unwrap().public_authorities(),
+                [
+                    "virtualserver.kr-west1.e.samsungsdscloud.com:443",
+                    "vs.example:443"
+                ]
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum ProxyError {
         service: String,
         timeout: std::time::Duration,
     },
+    #[error("this tunnel was opened for {authority}, but the request's Host is {host:?}; open a tunnel (CONNECT) for that host")]
+    Misdirected { host: String, authority: String },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
@@ -82,6 +84,7 @@ impl ProxyError {
             ProxyError::InvalidPath { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ClientBodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Policy(p) => p.status(),
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -97,6 +100,7 @@ impl ProxyError {
             ProxyError::InvalidPath { .. } => "invalid_path",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::ClientBodyStalled { .. } => "client_body_timeout",
+            ProxyError::Misdirected { .. } => "misdirected_request",
             ProxyError::Policy(p) => p.code(),
             ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             ProxyError::Upstream(UpstreamError::Failed { .. }) => "upstream_error",

@@ -15,6 +15,7 @@ pub mod emulator;
 pub(crate) mod env;
 pub mod error;
 pub mod forward;
+pub mod forward_proxy;
 pub mod layers;
 pub mod logging;
 pub mod metrics;
@@ -66,6 +67,8 @@ pub enum StartError {
         key: &'static str,
         listen: SocketAddr,
     },
+    #[error(transparent)]
+    ForwardProxyCa(#[from] forward_proxy::ca::CaError),
 }
 
 /// Refuses a service whose upstream is one of the proxy's own listeners (a loop). Only
@@ -125,6 +128,8 @@ pub struct Running {
     /// Where the data plane listens, TCP or Unix socket.
     pub listen: config::ListenAddr,
     pub admin_addr: SocketAddr,
+    /// The forward-proxy listener's address, when `[forward_proxy] listen` is set.
+    pub forward_addr: Option<SocketAddr>,
     pub health: Arc<Health>,
     pub credentials: CredentialStore,
     pub metrics: Metrics,
@@ -216,9 +221,26 @@ pub async fn start_with_egress(
             key: "server.admin_listen",
             source,
         })?;
+    let forward = match config.forward_proxy.listen {
+        Some(listen) => Some(forward_proxy_parts(&config, listen, &metrics).await?),
+        None => None,
+    };
+    let forward_addr = match (&forward, config.forward_proxy.listen) {
+        (Some((listener, _)), Some(wanted)) => {
+            Some(listener.local_addr().map_err(|source| StartError::Bind {
+                addr: config::ListenAddr::Tcp(wanted),
+                key: "forward_proxy.listen",
+                source,
+            })?)
+        }
+        _ => None,
+    };
     let mut own = vec![("server.admin_listen", admin_addr)];
     if let Some(tcp) = listen.tcp() {
         own.push(("server.listen", tcp));
+    }
+    if let Some(f) = forward_addr {
+        own.push(("forward_proxy.listen", f));
     }
     check_loops(&config.services, &own)?;
     let health = Arc::new(Health::default());
@@ -229,6 +251,7 @@ pub async fn start_with_egress(
         metrics: metrics.clone(),
         credentials: store.clone(),
         quit: config.server.enable_quit.then(|| tx.clone()),
+        ca_pem: forward.as_ref().map(|(_, fp)| Arc::from(fp.ca.pem())),
     };
     if config.server.enable_quit && !admin_addr.ip().is_loopback() {
         tracing::warn!(%admin_addr, "server.enable_quit is on and the admin listener is not on loopback: anything that reaches it can stop the proxy");
@@ -270,18 +293,40 @@ pub async fn start_with_egress(
         config.server.check_live_versions,
     );
     let task = tokio::spawn(async move {
+        let stop = |rx| async move {
+            wait_true(rx).await;
+            // Keep accepting while Kubernetes removes the pod from its endpoints.
+            tokio::time::sleep(delay).await;
+        };
+        // Both data-plane listeners share the one stack: one concurrency limit, one pool per
+        // upstream, one set of metrics.
+        let forward = async {
+            match forward {
+                Some((listener, fp)) => {
+                    forward_proxy::serve(
+                        listener,
+                        fp,
+                        service.clone(),
+                        &server_cfg,
+                        stop(rx.clone()),
+                        grace,
+                    )
+                    .await
+                }
+                None => true,
+            }
+        };
         let drain = server::Drain {
             // From SIGTERM on, responses tell clients to stop reusing connections...
             draining: rx.clone(),
             // ...while the listener keeps accepting as Kubernetes removes the pod from its
             // endpoints.
-            stop: async move {
-                wait_true(rx).await;
-                tokio::time::sleep(delay).await;
-            },
+            stop: stop(rx.clone()),
             grace,
         };
-        let drained = server::serve_draining(listener, service, &server_cfg, drain).await;
+        let plain = server::serve_draining(listener, service.clone(), &server_cfg, drain);
+        let (plain, forward) = tokio::join!(plain, forward);
+        let drained = plain && forward;
         if !drained {
             tracing::warn!(grace = ?grace, "shutdown grace ran out with requests still in flight");
         }
@@ -294,17 +339,58 @@ pub async fn start_with_egress(
         drained
     });
     health.set_ready();
-    tracing::info!(addr = %listen, %admin_addr, max_connections, fd_limit = budget.limit, "serving");
+    match forward_addr {
+        Some(forward_addr) => {
+            tracing::info!(addr = %listen, %admin_addr, %forward_addr, max_connections, fd_limit = budget.limit, "serving")
+        }
+        None => {
+            tracing::info!(addr = %listen, %admin_addr, max_connections, fd_limit = budget.limit, "serving")
+        }
+    }
     Ok(Running {
         addr,
         listen,
         admin_addr,
+        forward_addr,
         health,
         credentials: store,
         metrics,
         shutdown: tx,
         task,
     })
+}
+
+/// The forward proxy's listener and state: its CA (from files, else generated), written to
+/// `ca_cert_out` when set.
+async fn forward_proxy_parts(
+    config: &Config,
+    listen: SocketAddr,
+    metrics: &Metrics,
+) -> Result<(TcpListener, forward_proxy::ForwardProxy), StartError> {
+    use forward_proxy::{ca::Authority, Intercepts};
+    let fpc = &config.forward_proxy;
+    let intercepts = Intercepts::new(&config.services);
+    let ca = match (&fpc.ca_cert_file, &fpc.ca_key_file) {
+        (Some(cert), Some(key)) => Authority::from_files(cert, key)?,
+        _ => Authority::generate(&intercepts.hosts())?,
+    };
+    if let Some(out) = &fpc.ca_cert_out {
+        ca.write_cert(out)?;
+    }
+    let listener = bind(listen, "forward_proxy.listen").await?;
+    tracing::info!(
+        ca = %ca.source,
+        intercepts = ?intercepts.allowed(),
+        "forward proxy: CONNECT accepted only for these authorities"
+    );
+    Ok((
+        listener,
+        forward_proxy::ForwardProxy {
+            ca: Arc::new(ca),
+            intercepts: Arc::new(intercepts),
+            metrics: metrics.clone(),
+        },
+    ))
 }
 
 async fn wait_true(mut rx: watch::Receiver<bool>) {
@@ -330,6 +416,7 @@ mod tests {
             allow_unsupported_version: false,
             retry: Default::default(),
             operation_versions: Vec::new(),
+            intercept: Vec::new(),
         };
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();

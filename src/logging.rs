@@ -93,6 +93,8 @@ static ACCESS: OnceLock<(LogSink, LogFormat)> = OnceLock::new();
 #[derive(Debug)]
 pub struct AccessLine<'a> {
     pub request_id: &'a [u8],
+    /// The listener: `plain` or `forward`.
+    pub mode: &'a str,
     pub method: &'a str,
     pub service: &'a str,
     pub path: &'a str,
@@ -163,6 +165,9 @@ fn format_text(out: &mut Vec<u8>, now: SystemTime, l: &AccessLine<'_>) {
     timestamp(out, now);
     out.extend_from_slice(b"  INFO access: request_id=");
     out.extend_from_slice(String::from_utf8_lossy(l.request_id).as_bytes());
+    // A fixed word (`plain`/`forward`), never client bytes: written bare like `method`.
+    out.extend_from_slice(b" mode=");
+    out.extend_from_slice(l.mode.as_bytes());
     out.extend_from_slice(b" method=");
     out.extend_from_slice(l.method.as_bytes());
     out.extend_from_slice(b" service=");
@@ -194,6 +199,8 @@ fn format_json(out: &mut Vec<u8>, now: SystemTime, l: &AccessLine<'_>) {
     timestamp(out, now);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":");
     json_str(out, &String::from_utf8_lossy(l.request_id));
+    out.extend_from_slice(b",\"mode\":");
+    json_str(out, l.mode);
     out.extend_from_slice(b",\"method\":");
     json_str(out, l.method);
     out.extend_from_slice(b",\"service\":");
@@ -354,6 +361,7 @@ mod tests {
     fn line(path: &'static str, id: &'static [u8]) -> AccessLine<'static> {
         AccessLine {
             request_id: id,
+            mode: "forward",
             method: "GET",
             service: "virtualserver",
             path,
@@ -381,7 +389,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "2026-12-01T21:16:21.566413Z  INFO access: request_id=836b10cd-0000000002dd \
-             method=GET service=\"virtualserver\" path=\"/v1/images\" status=202 \
+             mode=forward method=GET service=\"virtualserver\" path=\"/v1/images\" status=202 \
              upstream_ms=0.532 total_ms=1500.007\n"
         );
     }
@@ -394,7 +402,7 @@ mod tests {
         let mut out = Vec::new();
         format_text(&mut out, at(), &l);
         let s = String::from_utf8(out).unwrap();
-        assert!(s.contains(r#"request_id=x�y method"#), "{s}");
+        assert!(s.contains(r#"request_id=x�y mode=forward method"#), "{s}");
         assert!(s.contains(r#"path="/a\"b\\c" status=202 total_ms"#), "{s}");
         assert!(
             s.ends_with(" error_code=\"operation_not_allowed\"\n"),
@@ -416,6 +424,7 @@ mod tests {
         assert_eq!(v["level"], "INFO");
         assert_eq!(v["target"], "access");
         assert_eq!(v["request_id"], "id-1");
+        assert_eq!(v["mode"], "forward");
         assert_eq!(v["method"], "GET");
         assert_eq!(v["service"], "virtualserver");
         assert_eq!(v["path"], "/v1/\"q\"\t");

@@ -17,6 +17,8 @@ pub struct RequestLabels {
     pub service: &'static str,
     pub method: &'static str,
     pub status_class: &'static str,
+    /// Which data-plane listener the request came in on: `plain` or `forward`.
+    pub listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +76,11 @@ pub struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -112,6 +119,8 @@ pub struct MetricSet {
     pub retries: Family<RetryLabels, Counter>,
     /// Spans for the OTLP exporter, by result (exported, failed, dropped).
     pub spans: Family<ResultLabel, Counter>,
+    /// Forward-proxy requests refused before the request path, by reason.
+    pub connect_refusals: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,7 +156,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         r.register(
             "requests",
-            "Requests answered, by service, method and status class",
+            "Requests answered, by service, method, status class and listener",
             requests.clone(),
         );
         let upstream_latency = Family::<LatencyLabel, Histogram>::new_with_constructor(|| {
@@ -218,6 +227,12 @@ impl Metrics {
             "Spans for the OTLP exporter, by result: exported, failed (the collector refused or was unreachable), dropped (queue full)",
             spans.clone(),
         );
+        let connect_refusals = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "connect_refusals",
+            "Forward-proxy CONNECT and absolute-form requests refused, by reason",
+            connect_refusals.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -239,6 +254,7 @@ impl Metrics {
             clock_skew_seconds,
             retries,
             spans,
+            connect_refusals,
         }))
     }
 

@@ -142,8 +142,23 @@ impl<T: Destination> Routes<T> {
             .join(", ")
     }
 
-    /// Chooses the target and rewrites the URI to the upstream's absolute URI.
-    pub fn route<B>(&self, mut req: Request<B>) -> Result<Routed<T, B>, ProxyError> {
+    /// Chooses the target and rewrites the URI to the upstream's absolute URI. A request the
+    /// forward proxy accepted ([`Intercepted`]) goes to the service its authority names, its
+    /// path unchanged; any other by its path.
+    pub fn route<B>(&self, req: Request<B>) -> Result<Routed<T, B>, ProxyError> {
+        if let Some(i) = req.extensions().get::<Intercepted>() {
+            i.check_host(&req)?;
+            let bad_path = || ProxyError::InvalidPath {
+                path: req.uri().path().to_owned(),
+            };
+            let target = self.targets.get(i.target).cloned().ok_or_else(bad_path)?;
+            let pq = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            return Self::rewrite(req, target, pq);
+        }
         if req.method() == Method::CONNECT {
             return Err(ProxyError::Connect);
         }
@@ -171,13 +186,24 @@ impl<T: Destination> Routes<T> {
                 None => PathAndQuery::from_static("/"),
             },
         };
+        Self::rewrite(req, target, pq)
+    }
+
+    /// Points `req` at `target`'s upstream with `pq` as its path and query.
+    fn rewrite<B>(
+        mut req: Request<B>,
+        target: Arc<T>,
+        pq: PathAndQuery,
+    ) -> Result<Routed<T, B>, ProxyError> {
         let up = target.upstream();
         let new_uri = Uri::builder()
             .scheme(up.scheme.clone())
             .authority(up.authority.clone())
             .path_and_query(pq)
             .build()
-            .map_err(|_| bad_path())?;
+            .map_err(|_| ProxyError::InvalidPath {
+                path: req.uri().path().to_owned(),
+            })?;
         *req.uri_mut() = new_uri;
         // The upstream connection's protocol is chosen by ALPN, not by the client: an h2c or
         // HTTP/1.0 client's version must not reach the pooled HTTP/1.1 or HTTP/2 connection.
@@ -186,6 +212,55 @@ impl<T: Destination> Routes<T> {
             target,
             request: req,
         })
+    }
+}
+
+/// Set by the forward proxy on a request it accepted (inside a CONNECT tunnel, or in absolute
+/// form): the service its authority names, so routing takes that instead of the path. The
+/// forward proxy decides the service once, from the authority; routing only applies it, so
+/// both listeners share one request path. Only the proxy's own code inserts extensions; a
+/// client cannot send one.
+#[derive(Clone, Debug)]
+pub struct Intercepted {
+    /// Position of the service in the routing table (configuration order).
+    pub target: usize,
+    /// The CONNECT authority the request's Host must name (None: absolute form, whose URI is
+    /// the target and whose Host is not compared).
+    pub authority: Option<http::uri::Authority>,
+}
+
+impl Intercepted {
+    /// The request's host (`:authority` in HTTP/2, else `Host`) must name the tunnel's
+    /// authority; the port may be left out when it is 443.
+    fn check_host<B>(&self, req: &Request<B>) -> Result<(), ProxyError> {
+        let Some(want) = &self.authority else {
+            return Ok(());
+        };
+        let sent = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        let same = sent
+            .as_deref()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| {
+                a.host().eq_ignore_ascii_case(want.host())
+                    && a.port_u16().unwrap_or(443) == want.port_u16().unwrap_or(443)
+            });
+        if same {
+            Ok(())
+        } else {
+            Err(ProxyError::Misdirected {
+                host: sent.unwrap_or_default(),
+                authority: want.to_string(),
+            })
+        }
     }
 }
 

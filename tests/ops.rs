@@ -261,8 +261,8 @@ async fn metrics_count_requests_and_rejections() {
     let (code, m) = admin(proxy.admin_addr, "/metrics").await;
     assert_eq!(code, 200);
     for line in [
-        "scp_auth_proxy_requests_total{service=\"virtualserver\",method=\"GET\",status_class=\"2xx\"} 3",
-        "scp_auth_proxy_requests_total{service=\"virtualserver\",method=\"GET\",status_class=\"4xx\"} 2",
+        "scp_auth_proxy_requests_total{service=\"virtualserver\",method=\"GET\",status_class=\"2xx\",listener=\"plain\"} 3",
+        "scp_auth_proxy_requests_total{service=\"virtualserver\",method=\"GET\",status_class=\"4xx\",listener=\"plain\"} 2",
         "scp_auth_proxy_rejections_total{code=\"api_version_mismatch\"} 1",
         "scp_auth_proxy_upstream_latency_seconds_count{service=\"virtualserver\"} 4",
         "scp_auth_proxy_in_flight_requests 0",

@@ -36,6 +36,7 @@ pub fn service(name: &str) -> ServiceConfig {
         allow_unsupported_version: false,
         retry: Default::default(),
         operation_versions: Vec::new(),
+        intercept: Vec::new(),
     }
 }
 

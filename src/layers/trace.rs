@@ -22,6 +22,16 @@ use crate::metrics::{method_label, CodeLabel, LatencyLabel, Metrics, RequestLabe
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The listener a request came in on, in its extensions (absent: the plain listener); the
+/// access line's `mode` and the request metric's `listener` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode(pub &'static str);
+
+impl Mode {
+    pub const PLAIN: Mode = Mode("plain");
+    pub const FORWARD: Mode = Mode("forward");
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct TraceLayer {
     metrics: Metrics,
@@ -74,6 +84,11 @@ where
         // Cheap clones (reference counts): the client's method and target, for the log line.
         let method = req.method().clone();
         let uri = req.uri().clone();
+        let mode = req
+            .extensions()
+            .get::<Mode>()
+            .copied()
+            .unwrap_or(Mode::PLAIN);
         // Before the inner call: layers below may start work (even the upstream request) in it.
         let started = Instant::now();
         TraceFuture {
@@ -82,6 +97,7 @@ where
                 metrics: self.metrics.clone(),
                 method,
                 uri,
+                mode,
                 id,
                 started,
                 answered: false,
@@ -94,6 +110,7 @@ struct State {
     metrics: Metrics,
     method: Method,
     uri: Uri,
+    mode: Mode,
     id: HeaderValue,
     started: Instant,
     answered: bool,
@@ -167,12 +184,14 @@ where
                 service: service.unwrap_or("-"),
                 method: method_label(&state.method),
                 status_class: status_class(status.as_u16()),
+                listener: state.mode.0,
             })
             .inc();
         if tracing::enabled!(target: "access", tracing::Level::INFO) {
             let error_code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
             let line = crate::logging::AccessLine {
                 request_id: state.id.as_bytes(),
+                mode: state.mode.0,
                 method: state.method.as_str(),
                 service: service.unwrap_or("-"),
                 path: state.uri.path(),
@@ -191,6 +210,7 @@ where
                 tracing::info!(
                     target: "access",
                     request_id = %String::from_utf8_lossy(line.request_id),
+                    mode = line.mode,
                     method = %line.method,
                     service = line.service,
                     path = line.path,

@@ -292,6 +292,8 @@ pub struct Proc {
     pub child: Option<std::process::Child>,
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The forward-proxy listener, when the configuration turns it on.
+    pub forward_addr: Option<SocketAddr>,
     pub log: Arc<Mutex<String>>,
 }
 
@@ -307,6 +309,7 @@ impl Proc {
         Proc {
             addr: v["addr"].as_str().unwrap().parse().unwrap(),
             admin_addr: v["admin_addr"].as_str().unwrap().parse().unwrap(),
+            forward_addr: v["forward_addr"].as_str().map(|a| a.parse().unwrap()),
             child: Some(child),
             log,
         }
@@ -323,6 +326,7 @@ impl Proc {
         Proc {
             addr,
             admin_addr: addr,
+            forward_addr: None,
             child: Some(child),
             log,
         }

@@ -1,0 +1,479 @@
+//! Forward-proxy mode: a second, opt-in data-plane listener (`[forward_proxy] listen`) that
+//! speaks the HTTP forward-proxy protocol, so unchanged SCP tools (SDKs, CLIs, Terraform) are
+//! signed through `HTTPS_PROXY` plus a CA bundle.
+//!
+//! * `CONNECT host:port` is accepted only for the public authority of a configured service (its
+//!   upstream's, or one listed in `services.NAME.intercept`); anything else is answered 403
+//!   with the allowed authorities, and no connection is opened anywhere. An accepted tunnel is
+//!   terminated here ([`tunnel`]) with a leaf certificate from [`ca`].
+//! * Absolute-form plain-HTTP requests (`GET http://host/...`) for a configured authority are
+//!   routed the same way; others 403.
+//! * Requests inside a tunnel, and accepted absolute-form requests, run through the one
+//!   data-plane stack the plain listener uses, carrying [`Intercepted`]: routing then takes
+//!   the service from the authority instead of the path (the decision made here, once), and
+//!   everything below it is the same code (hygiene, version pin, allowlist, image import,
+//!   fresh signature, forward to the service's real upstream).
+//!
+//! Guarantees: no blind tunnel (bytes only ever reach the service's configured upstream, as a
+//! signed request); the proxy never resolves or connects to the public host; refusals are
+//! counted by reason (`scp_auth_proxy_connect_refusals_total`); SIGTERM drains tunnels the way
+//! the plain listener drains connections.
+
+pub mod ca;
+pub mod tunnel;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::body::Body;
+use crate::config::{ServerConfig, ServiceConfig};
+use crate::error::json_error;
+use crate::layers::trace::Mode;
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::route::Intercepted;
+use crate::server::HttpService;
+
+/// The authorities the forward proxy intercepts, each naming one service.
+#[derive(Debug)]
+pub struct Intercepts {
+    /// `host:port`, lower-case -> position of the service in the configuration.
+    by_authority: HashMap<String, usize>,
+    /// Sorted, for messages.
+    allowed: Vec<String>,
+}
+
+impl Intercepts {
+    /// `services.NAME.intercept` entries first (config validation keeps them unique), then each
+    /// upstream's own authority unless two services share it (then it names neither).
+    pub fn new(services: &[ServiceConfig]) -> Self {
+        let mut by_authority = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            for a in &s.intercept {
+                by_authority.insert(a.as_str().to_owned(), i);
+            }
+        }
+        let mut upstreams: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            if let Some(own) = s.public_authorities().into_iter().next() {
+                upstreams.entry(own).or_default().push(i);
+            }
+        }
+        for (a, owners) in upstreams {
+            match owners.as_slice() {
+                [one] => {
+                    by_authority.entry(a).or_insert(*one);
+                }
+                _ if by_authority.contains_key(&a) => {}
+                _ => tracing::warn!(
+                    authority = %a,
+                    services = ?owners.iter().map(|i| services[*i].name.as_str()).collect::<Vec<_>>(),
+                    "several services share this upstream, so the forward proxy intercepts it for none; name it in one service's intercept list"
+                ),
+            }
+        }
+        let mut allowed: Vec<String> = by_authority.keys().cloned().collect();
+        allowed.sort();
+        Self {
+            by_authority,
+            allowed,
+        }
+    }
+
+    /// The service for `host:port` (compared lower-case).
+    pub fn lookup(&self, host: &str, port: u16) -> Option<usize> {
+        self.by_authority
+            .get(&format!("{}:{port}", host.to_ascii_lowercase()))
+            .copied()
+    }
+
+    /// Every intercepted authority, sorted.
+    pub fn allowed(&self) -> &[String] {
+        &self.allowed
+    }
+
+    /// The host names (no ports), for the generated CA's name constraints.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .allowed
+            .iter()
+            .filter_map(|a| {
+                a.rsplit_once(':')
+                    .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+            })
+            .collect();
+        hosts.dedup();
+        hosts
+    }
+}
+
+/// Why a forward-proxy request was refused before reaching the stack; the metric's label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// CONNECT or absolute-form for an authority no service names.
+    NotAllowed,
+    /// CONNECT without a `host:port` target.
+    BadTarget,
+    /// An origin-form request (`GET /path`): that is the plain listener's job.
+    NotProxyRequest,
+    /// TLS inside the tunnel named another host (SNI).
+    SniMismatch,
+    /// The TLS handshake inside the tunnel failed otherwise.
+    Handshake,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::BadTarget => "bad_target",
+            Refusal::NotProxyRequest => "not_proxy_request",
+            Refusal::SniMismatch => "sni_mismatch",
+            Refusal::Handshake => "tls_handshake",
+        }
+    }
+}
+
+/// Everything a forward-proxy connection needs, shared by all of them.
+pub struct ForwardProxy {
+    pub ca: Arc<ca::Authority>,
+    pub intercepts: Arc<Intercepts>,
+    pub metrics: Metrics,
+}
+
+impl ForwardProxy {
+    fn refuse(&self, why: Refusal) {
+        self.metrics
+            .connect_refusals
+            .get_or_create(&ReasonLabel {
+                reason: why.reason(),
+            })
+            .inc();
+    }
+}
+
+/// Tracks connections and tunnels for the drain: each holds an `alive` sender; `closing`
+/// turns true when they should finish what is in flight and close.
+#[derive(Clone)]
+pub(crate) struct Drain {
+    pub closing: watch::Receiver<bool>,
+    pub alive: mpsc::Sender<()>,
+}
+
+/// Serves the forward proxy on `listener` until `shutdown`, then drains like
+/// [`crate::server::serve`]: no new connections, every connection and tunnel asked to close
+/// once its in-flight requests are answered, up to `grace`. Returns whether all finished.
+pub async fn serve<S>(
+    listener: TcpListener,
+    fp: ForwardProxy,
+    stack: S,
+    cfg: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> bool
+where
+    S: HttpService,
+{
+    let fp = Arc::new(fp);
+    let inner = Arc::new(tunnel::builder(cfg));
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let drain = Drain {
+        closing: closing_rx,
+        alive: alive_tx,
+    };
+    let cfg = Arc::new(cfg.clone());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "forward proxy: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let outer = Outer {
+                    fp: fp.clone(),
+                    stack: stack.clone(),
+                    inner: inner.clone(),
+                    cfg: cfg.clone(),
+                    drain: drain.clone(),
+                };
+                tokio::spawn(connection(stream, outer, cfg.clone(), drain.clone()));
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    drop(drain);
+    tokio::time::timeout(grace, alive_rx.recv()).await.is_ok()
+}
+
+/// One client connection to the forward listener: HTTP/1.1 (what proxy clients speak for
+/// CONNECT and absolute-form), with upgrades for CONNECT.
+async fn connection<S: HttpService>(
+    stream: tokio::net::TcpStream,
+    outer: Outer<S>,
+    cfg: Arc<ServerConfig>,
+    mut drain: Drain,
+) {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192));
+    let svc = hyper::service::service_fn(move |req| {
+        let mut outer = outer.clone();
+        outer.call(req)
+    });
+    let conn = b
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let alive = drain.alive.clone();
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "forward proxy connection ended with an error");
+            }
+            return;
+        }
+        _ = drain.closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "forward proxy connection ended with an error");
+    }
+    drop(alive);
+}
+
+/// The forward listener's request handler: CONNECT opens a tunnel, absolute-form goes to the
+/// stack, anything else is refused.
+struct Outer<S> {
+    fp: Arc<ForwardProxy>,
+    stack: S,
+    inner: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    cfg: Arc<ServerConfig>,
+    drain: Drain,
+}
+
+impl<S: Clone> Clone for Outer<S> {
+    fn clone(&self) -> Self {
+        Self {
+            fp: self.fp.clone(),
+            stack: self.stack.clone(),
+            inner: self.inner.clone(),
+            cfg: self.cfg.clone(),
+            drain: self.drain.clone(),
+        }
+    }
+}
+
+type OuterFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<S: HttpService> Outer<S> {
+    fn call(&mut self, mut req: Request<Incoming>) -> OuterFuture {
+        if req.method() == Method::CONNECT {
+            return Box::pin(std::future::ready(Ok(self.connect(req))));
+        }
+        let Some(authority) = req.uri().authority().cloned() else {
+            return self.refused(
+                Refusal::NotProxyRequest,
+                &req,
+                StatusCode::BAD_REQUEST,
+                "not_proxy_request",
+                "this is the forward-proxy listener: send CONNECT host:443 or an absolute-form request (use it as HTTPS_PROXY); plain requests go to server.listen",
+            );
+        };
+        if req.uri().scheme() != Some(&http::uri::Scheme::HTTP) {
+            return self.refused(
+                Refusal::NotProxyRequest,
+                &req,
+                StatusCode::BAD_REQUEST,
+                "not_proxy_request",
+                "absolute-form requests must be http://; for https use CONNECT (HTTPS_PROXY)",
+            );
+        }
+        let port = authority.port_u16();
+        // `http://host/` with no port: the host's http authority, else its https one.
+        let target = match port {
+            Some(p) => self.fp.intercepts.lookup(authority.host(), p),
+            None => self
+                .fp
+                .intercepts
+                .lookup(authority.host(), 80)
+                .or_else(|| self.fp.intercepts.lookup(authority.host(), 443)),
+        };
+        let Some(target) = target else {
+            let msg = self.not_allowed_message(authority.as_str());
+            return self.refused(
+                Refusal::NotAllowed,
+                &req,
+                StatusCode::FORBIDDEN,
+                "authority_not_allowed",
+                &msg,
+            );
+        };
+        // The absolute URI is the target (RFC 9112 3.2.2): Host is not compared.
+        req.extensions_mut().insert(Intercepted {
+            target,
+            authority: None,
+        });
+        req.extensions_mut().insert(Mode::FORWARD);
+        let mut stack = self.stack.clone();
+        let fut = stack.call(req);
+        Box::pin(fut)
+    }
+
+    fn not_allowed_message(&self, authority: &str) -> String {
+        format!(
+            "{authority} is not the public authority of a configured service; the forward proxy intercepts only {} (add one to services.NAME.intercept); nothing was connected",
+            self.fp.intercepts.allowed().join(", ")
+        )
+    }
+
+    fn refused(
+        &self,
+        why: Refusal,
+        req: &Request<Incoming>,
+        status: StatusCode,
+        code: &'static str,
+        message: &str,
+    ) -> OuterFuture {
+        self.fp.refuse(why);
+        log_refusal(req, status, code);
+        Box::pin(std::future::ready(Ok(json_error(
+            status, code, message, None,
+        ))))
+    }
+
+    /// Accepts or refuses a CONNECT; an accepted one is answered 200 and continues in
+    /// [`tunnel::run`] once hyper hands over the connection.
+    fn connect(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let Some(authority) = req.uri().authority().cloned() else {
+            self.fp.refuse(Refusal::BadTarget);
+            log_refusal(&req, StatusCode::BAD_REQUEST, "bad_connect_target");
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_connect_target",
+                "CONNECT needs host:port",
+                None,
+            );
+        };
+        let target = authority
+            .port_u16()
+            .and_then(|p| self.fp.intercepts.lookup(authority.host(), p));
+        let Some(target) = target else {
+            self.fp.refuse(Refusal::NotAllowed);
+            log_refusal(&req, StatusCode::FORBIDDEN, "connect_not_allowed");
+            let body = serde_json::json!({
+                "code": "connect_not_allowed",
+                "message": self.not_allowed_message(authority.as_str()),
+                "allowed": self.fp.intercepts.allowed(),
+            });
+            let mut resp = json_error(StatusCode::FORBIDDEN, "connect_not_allowed", "", None);
+            *resp.body_mut() = crate::body::full(body.to_string());
+            return resp;
+        };
+        let upgrade = hyper::upgrade::on(&mut req);
+        let tunnel = tunnel::Tunnel {
+            authority,
+            target,
+            fp: self.fp.clone(),
+            stack: self.stack.clone(),
+            builder: self.inner.clone(),
+            idle: self.cfg.idle_timeout,
+            handshake_timeout: self.cfg.header_read_timeout,
+            drain: self.drain.clone(),
+        };
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => tunnel.run(TokioIo::new(upgraded)).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "CONNECT: the client left before the tunnel opened")
+                }
+            }
+        });
+        Response::new(crate::body::empty())
+    }
+}
+
+fn log_refusal(req: &Request<Incoming>, status: StatusCode, code: &'static str) {
+    tracing::info!(
+        target: "access",
+        mode = "forward",
+        method = %req.method(),
+        authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("-"),
+        status = status.as_u16(),
+        error_code = code,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Upstream;
+
+    fn svc(name: &str, upstream: &str, intercept: &[&str]) -> ServiceConfig {
+        ServiceConfig {
+            upstream: Upstream::parse(upstream).unwrap(),
+            intercept: intercept.iter().map(|a| a.parse().unwrap()).collect(),
+            ..crate::layers::test_support::service(name)
+        }
+    }
+
+    #[test]
+    fn upstream_authorities_and_intercept_lists_name_their_service() {
+        let i = Intercepts::new(&[
+            svc(
+                "virtualserver",
+                "https://VirtualServer.kr-west1.e.samsungsdscloud.com",
+                &[],
+            ),
+            svc(
+                "iam",
+                "http://127.0.0.1:9000",
+                &["iam.e.samsungsdscloud.com:443"],
+            ),
+            // Shares the loopback upstream: that authority then names neither.
+            svc(
+                "vpc",
+                "http://127.0.0.1:9000",
+                &["vpc.kr-west1.e.samsungsdscloud.com:443"],
+            ),
+        ]);
+        assert_eq!(
+            i.lookup("virtualserver.kr-west1.e.samsungsdscloud.com", 443),
+            Some(0)
+        );
+        assert_eq!(i.lookup("IAM.e.samsungsdscloud.com", 443), Some(1));
+        assert_eq!(i.lookup("vpc.kr-west1.e.samsungsdscloud.com", 443), Some(2));
+        assert_eq!(i.lookup("127.0.0.1", 9000), None);
+        assert_eq!(
+            i.lookup("virtualserver.kr-west1.e.samsungsdscloud.com", 8443),
+            None
+        );
+        assert_eq!(i.lookup("example.com", 443), None);
+        assert_eq!(
+            i.allowed(),
+            [
+                "iam.e.samsungsdscloud.com:443",
+                "virtualserver.kr-west1.e.samsungsdscloud.com:443",
+                "vpc.kr-west1.e.samsungsdscloud.com:443"
+            ]
+        );
+        assert_eq!(i.hosts().len(), 3);
+    }
+}
