@@ -593,3 +593,86 @@ async fn sigterm_while_a_tunnelled_request_is_in_flight_lets_it_complete() {
     );
     drop(s.dir);
 }
+
+/// The unmodified SDK: it reads nothing but what every `requests` user has (`HTTPS_PROXY`,
+/// `REQUESTS_CA_BUNDLE`) and is told only `no_proxy=False` and a dummy key pair.
+const SDK_SCRIPT: &str = r#"
+import scpv2
+sess = scpv2.Session(access_key="dummy-access-key", secret_key="dummy-secret-key",
+                     region="kr-west1", environment="e", no_proxy=False)
+print("endpoint", sess.endpoint_for("virtualserver"))
+c = sess.client("virtualserver_image")
+listed = c.list_images()
+print("list_images", listed["ResponseMetadata"]["HTTPStatusCode"], [i["id"] for i in listed["images"]])
+image = listed["images"][0]["id"]
+url = "https://object-store.kr-west1.e.samsungsdscloud.com/acct:bucket/images/ubuntu-22.04.qcow2"
+imported = c.import_image(image_id=image, url=url)
+print("import_image", imported["ResponseMetadata"]["HTTPStatusCode"])
+shown = c.show_image(image_id=image)
+print("show_image", shown["ResponseMetadata"]["HTTPStatusCode"], shown["status"])
+"#;
+
+#[test]
+fn python_sdk_lists_and_imports_through_the_forward_listener() {
+    let python = common::python::sdk_python();
+    let s = start("");
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(&python);
+    cmd.args(["-c", SDK_SCRIPT])
+        .env("HTTPS_PROXY", format!("http://{}", s.forward))
+        .env("REQUESTS_CA_BUNDLE", &s.ca)
+        // No ~/.scpconf, no key, no other proxy or CA setting from the environment.
+        .env("HOME", home.path());
+    for var in [
+        "SCP_ACCESS_KEY",
+        "SCP_SECRET_KEY",
+        "SCP_REGION",
+        "SCP_ENVIRONMENT",
+        "NO_PROXY",
+        "no_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "CURL_CA_BUNDLE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = common::python::run(
+        &mut cmd,
+        "scpv2-sdk through HTTPS_PROXY",
+        Duration::from_secs(60),
+    );
+    println!(
+        "$ HTTPS_PROXY=http://{} REQUESTS_CA_BUNDLE=ca.pem python sdk.py\n{out}",
+        s.forward
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("endpoint https://{VS_HOST}").as_str(),
+            format!("list_images 200 ['{DEMO_IMAGE_ID}']").as_str(),
+            "import_image 202",
+            "show_image 200 importing",
+        ],
+        "{}",
+        s.proxy.log()
+    );
+    // Every call went through the forward listener and was signed there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.proxy.log().contains("\"method\":\"POST\",\"service\":\"virtualserver\",\"path\":\"/v1/images/3f8c2a6e-9b1d-4c7a-8e5f-2d0b6a9c4e17/import\",\"status\":202") {
+        assert!(Instant::now() < deadline, "no access line:\n{}", s.proxy.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        s.proxy
+            .log()
+            .matches("\"mode\":\"forward\",\"method\"")
+            .count(),
+        3,
+        "{}",
+        s.proxy.log()
+    );
+}
