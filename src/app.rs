@@ -10,6 +10,11 @@
 //! above routing does not compile.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use tower::util::Oneshot;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -158,6 +163,44 @@ where
 /// layer keeps its state behind an `Arc` and the clone is a handful of reference counts.
 pub fn proxy_service(parts: &ProxyParts) -> impl crate::server::HttpService {
     layers::<Forward, Incoming>(parts).layer(Forward)
+}
+
+/// Builds a new stack from reloaded parts and makes it the one the next request takes.
+pub(crate) type Install = Arc<dyn Fn(&ProxyParts) + Send + Sync>;
+
+/// [`proxy_service`] behind a swappable pointer, and the function that swaps in a stack built
+/// from new parts (a reload). Each request takes the stack current when it arrives and keeps it
+/// to the end, so in-flight requests finish on the configuration they started with.
+pub(crate) fn reloadable_service(parts: &ProxyParts) -> (impl crate::server::HttpService, Install) {
+    let current = Arc::new(ArcSwap::from_pointee(proxy_service(parts)));
+    let target = current.clone();
+    let install: Install = Arc::new(move |p: &ProxyParts| target.store(Arc::new(proxy_service(p))));
+    (Swap { current }, install)
+}
+
+/// The service the listener holds: a pointer to the current stack.
+#[derive(Clone)]
+pub(crate) struct Swap<S> {
+    current: Arc<ArcSwap<S>>,
+}
+
+impl<S, Req> Service<Req> for Swap<S>
+where
+    S: Service<Req> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Oneshot<S, Req>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        // Readiness is the stack's own, checked per request by `Oneshot`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let stack = S::clone(&self.current.load());
+        Oneshot::new(stack, req)
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SCP_PROXY_LOG_FORMAT")]
     pub log_format: LogFormat,
 
+    /// Reload when a configuration file changes (checked every credentials.watch_interval,
+    /// 2s when that is 0s), as SIGHUP does: services, routing, pins, allowlists, limits and
+    /// the key pair; listener addresses apply on restart only.
+    #[arg(long)]
+    pub watch_config: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -49,6 +49,18 @@ pub enum Source {
     Profile { name: String, dir: PathBuf },
 }
 
+impl Source {
+    /// The files this source reads (or would, once they exist), for watching.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            Source::File(p) => vec![p.clone()],
+            Source::Profile { name, dir } => {
+                vec![dir.join("default.toml"), dir.join(format!("{name}.toml"))]
+            }
+        }
+    }
+}
+
 /// Values set on the command line; the highest layer.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Overrides {

@@ -73,7 +73,7 @@ pub enum StartError {
 
 /// Refuses a service whose upstream is one of the proxy's own listeners (a loop). Only
 /// literal loopback or IP upstreams are checked: a name other than `localhost` is not resolved.
-fn check_loops(
+pub(crate) fn check_loops(
     services: &[config::ServiceConfig],
     listeners: &[(&'static str, SocketAddr)],
 ) -> Result<(), StartError> {
@@ -133,6 +133,8 @@ pub struct Running {
     pub health: Arc<Health>,
     pub credentials: CredentialStore,
     pub metrics: Metrics,
+    /// What a reload rebuilds and swaps (see `reload`).
+    pub(crate) live: reload::Live,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<bool>,
 }
@@ -200,7 +202,7 @@ pub async fn start_with_egress(
     parts.telemetry =
         telemetry::Exporter::start(&config.telemetry, &metrics).map_err(StartError::Telemetry)?;
     let spans = parts.telemetry.clone();
-    let service = app::proxy_service(&parts);
+    let (service, install) = app::reloadable_service(&parts);
     let listen_err = |source| StartError::Bind {
         addr: config.server.listen.clone(),
         key: "server.listen",
@@ -243,6 +245,16 @@ pub async fn start_with_egress(
         own.push(("forward_proxy.listen", f));
     }
     check_loops(&config.services, &own)?;
+    let live = reload::Live {
+        install,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        egress: egress.clone(),
+        audit: parts.audit.clone(),
+        telemetry: parts.telemetry.clone(),
+        own,
+        running: Arc::new(std::sync::Mutex::new(config.clone())),
+    };
     let health = Arc::new(Health::default());
     let (tx, rx) = watch::channel(false);
 
@@ -355,6 +367,7 @@ pub async fn start_with_egress(
         health,
         credentials: store,
         metrics,
+        live,
         shutdown: tx,
         task,
     })

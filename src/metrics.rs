@@ -105,6 +105,8 @@ pub struct MetricSet {
     pub rejections: Family<CodeLabel, Counter>,
     pub in_flight: Gauge,
     pub credential_reloads: Family<ResultLabel, Counter>,
+    /// Reloads of the whole configuration (and key pair), by result.
+    pub config_reloads: Family<ResultLabel, Counter>,
     /// Unix seconds when the key pair in use was loaded; key age = now - this.
     pub key_loaded_unix: Gauge<f64, AtomicU64>,
     /// Age of the key pair in use, refreshed at every scrape.
@@ -185,6 +187,12 @@ impl Metrics {
             "Key pair reloads, by result (ok, failed)",
             credential_reloads.clone(),
         );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        r.register(
+            "config_reloads",
+            "Reloads of the configuration and key pair (SIGHUP, --watch-config, key files), by result (ok, failed: the running configuration stayed)",
+            config_reloads.clone(),
+        );
         let key_loaded_unix = Gauge::<f64, AtomicU64>::default();
         r.register(
             "key_loaded_timestamp_seconds",
@@ -247,6 +255,7 @@ impl Metrics {
             rejections,
             in_flight,
             credential_reloads,
+            config_reloads,
             key_loaded_unix,
             key_age_seconds,
             version_days_left,

@@ -1,5 +1,5 @@
 //! `serve` (the default): the proxy until SIGTERM/SIGINT or `POST /quitquitquit`, with
-//! SIGHUP and the key-file watch reloading credentials. `--profile dev` serves in front of an
+//! SIGHUP, the key-file watch and `--watch-config` reloading the configuration and key pair. `--profile dev` serves in front of an
 //! in-process emulator instead ([`super::dev`]).
 
 use super::{load, runtime, secret_env, Error, Signals};
@@ -22,7 +22,6 @@ pub(super) fn run(cli: &Cli) -> Result<(), Error> {
         );
     }
     let watch_interval = cfg.credentials.watch_interval;
-    let running_config = reload::restart_only(&cfg);
     rt.block_on(async move {
         // Before anything is logged as started, so no signal can find the default action.
         let mut signals = Signals::install()?;
@@ -32,12 +31,10 @@ pub(super) fn run(cli: &Cli) -> Result<(), Error> {
                 source,
                 overrides: cli.config.overrides(),
                 secret_env: secret_env().map(zeroize::Zeroizing::new),
-                store: running.credentials.clone(),
-                metrics: running.metrics.clone(),
-                running: running_config,
+                live: running.live.clone(),
                 serial: Default::default(),
             };
-            reload::spawn(reloader, watch_interval, signals.hup);
+            reload::spawn(reloader, watch_interval, cli.watch_config, signals.hup);
         }
         // A signal, or POST /quitquitquit (which has already begun the drain).
         tokio::select! {
