@@ -11,14 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use scp_auth_proxy::config::{self, Config, Overrides, Source};
+use common::TestConfig;
 use scp_auth_proxy::credentials::{CredentialStore, Credentials};
 use scp_auth_proxy::emulator::images::DEMO_IMAGE_ID;
 use scp_auth_proxy::emulator::{self, EmulatorHandle, EmulatorOptions, SecretSource};
@@ -69,23 +65,16 @@ impl Reply {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn send(req: Request<Full<Bytes>>) -> Reply {
-    let resp = client().request(req).await.expect("request sent");
-    let (parts, body) = resp.into_parts();
+async fn send(req: Request<common::Body>) -> Reply {
+    let (status, headers, body) = common::send(&common::client(), req).await;
     Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.expect("body read").to_bytes(),
+        status,
+        headers,
+        body,
     }
 }
 
-fn request(method: Method, url: &str, body: Option<Value>) -> Request<Full<Bytes>> {
+fn request(method: Method, url: &str, body: Option<Value>) -> Request<common::Body> {
     let mut b = Request::builder().method(method).uri(url);
     let bytes = match body {
         Some(v) => {
@@ -94,7 +83,7 @@ fn request(method: Method, url: &str, body: Option<Value>) -> Request<Full<Bytes
         }
         None => Bytes::new(),
     };
-    b.body(Full::new(bytes)).expect("request builds")
+    b.body(common::body(bytes)).expect("request builds")
 }
 
 /// A request to the proxy.
@@ -125,12 +114,11 @@ async fn emulator() -> EmulatorHandle {
     emulator_with(options()).await
 }
 
-fn load(toml: &str) -> (Config, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, toml).unwrap();
-    let cfg = config::load(&Source::File(path), &Overrides::default()).expect("config loads");
-    (cfg, dir)
+/// The test config with no upstream and no access key: the emulator provides both.
+fn dev_config() -> TestConfig {
+    TestConfig::new("")
+        .remove("virtualserver", "upstream")
+        .remove("credentials", "access_key")
 }
 
 /// The real proxy in front of `emu`, pinning virtualserver to `pin`, signing with the given
@@ -143,28 +131,15 @@ async fn proxy_with(
     account_id: &str,
 ) -> Running {
     let base = emu.base_url();
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[credentials]
-access_key = "{access_key}"
-account_id = "{account_id}"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-upstream = "{base}"
-api_version = "{pin}"
-region = "kr-west1"
-allow_unsupported_version = true
-[services.iam]
-upstream = "{base}"
-api_version = "1.0"
-allow_unsupported_version = true
-"#
-    );
-    let (cfg, _dir) = load(&toml);
+    let (cfg, _dir) = TestConfig::new(&base)
+        .credentials(&format!(
+            "access_key = \"{access_key}\"\naccount_id = \"{account_id}\""
+        ))
+        .service(&format!("api_version = \"{pin}\""))
+        .service("allow_unsupported_version = true")
+        .add_service("iam", &base, "1.0")
+        .service("allow_unsupported_version = true")
+        .load();
     let creds = Credentials::from_parts(
         access_key,
         secret.as_bytes(),
@@ -191,7 +166,7 @@ fn signed(
     body: Option<Value>,
     secret: &str,
     now: SystemTime,
-) -> Request<Full<Bytes>> {
+) -> Request<common::Body> {
     let mut req = request(method, &format!("{}{target}", emu.base_url()), body);
     let store = CredentialStore::new(
         Credentials::from_parts(AK, secret.as_bytes(), ACCOUNT, CLIENT_TYPE, "test").unwrap(),
@@ -202,20 +177,17 @@ fn signed(
 
 /// Polls `GET path` through the proxy until the image has `status`, for at most 10 seconds.
 async fn wait_for_status(proxy: &Running, path: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let last = std::cell::RefCell::new(Value::Null);
+    let found = common::poll_until(Duration::from_secs(10), || async {
         let r = call(proxy, Method::GET, path, None).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         let v = r.json();
-        if v["status"] == status {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "image never became {status}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let done = v["status"] == status;
+        *last.borrow_mut() = v.clone();
+        done.then_some(v)
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("image never became {status}: {}", last.borrow()))
 }
 
 // ---------------------------------------------------------------- what is accepted
@@ -448,7 +420,7 @@ async fn bad_api_version_is_406() {
     }
 
     // Directly, on fixed dates: the last day is still served, the day after is not.
-    let version = |req: &mut Request<Full<Bytes>>, v: &'static str| {
+    let version = |req: &mut Request<common::Body>, v: &'static str| {
         req.headers_mut()
             .insert("scp-api-version", http::HeaderValue::from_static(v));
     };
@@ -713,7 +685,7 @@ async fn emulator_enforces_import_url_rules_itself() {
         r.scp_error();
     }
     let mut req = post(json!("x"));
-    *req.body_mut() = Full::new(Bytes::from_static(b"{not json"));
+    *req.body_mut() = common::body(Bytes::from_static(b"{not json"));
     // The body is not signed, so changing it keeps the signature valid.
     let r = send(req).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
@@ -777,24 +749,11 @@ async fn shutdown_stops_serving() {
 
 #[tokio::test]
 async fn dev_profile_runs_the_whole_product_with_no_secret() {
-    let (cfg, _dir) = load(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[emulator]
-in_process = true
-import_delay = "200ms"
-[credentials]
-account_id = "dev-account"
-secret_key_file = "/nonexistent/never-read"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-api_version = "1.3"
-region = "kr-west1"
-"#,
-    );
+    let (cfg, _dir) = dev_config()
+        .credentials("account_id = \"dev-account\"")
+        .credentials("secret_key_file = \"/nonexistent/never-read\"")
+        .raw("[emulator]\nin_process = true\nimport_delay = \"200ms\"")
+        .load();
     let (proxy, emu) = scp_auth_proxy::cmd::dev::start_dev(cfg)
         .await
         .expect("dev starts");
@@ -828,20 +787,10 @@ region = "kr-west1"
     emu.shutdown();
 
     // The throwaway-key emulator never listens beyond loopback.
-    let (cfg, _dir) = load(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[emulator]
-in_process = true
-listen = "0.0.0.0:0"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-api_version = "1.3"
-"#,
-    );
+    let (cfg, _dir) = dev_config()
+        .remove("virtualserver", "region")
+        .raw("[emulator]\nin_process = true\nlisten = \"0.0.0.0:0\"")
+        .load();
     let Err(err) = scp_auth_proxy::cmd::dev::start_dev(cfg).await else {
         panic!("dev started on 0.0.0.0");
     };
@@ -1007,11 +956,11 @@ async fn standalone_emulator_rereads_its_key_file_on_sighup() {
     assert_eq!(status("sentinel-first-SECRET").await, StatusCode::OK);
     std::fs::write(&file, "sentinel-second-SECRET\n").unwrap();
     p.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status("sentinel-second-SECRET").await != StatusCode::OK {
-        assert!(Instant::now() < deadline, "SIGHUP did not rotate the key");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rotated = common::eventually(Duration::from_secs(10), || async {
+        status("sentinel-second-SECRET").await == StatusCode::OK
+    })
+    .await;
+    assert!(rotated, "SIGHUP did not rotate the key");
     assert_eq!(
         status("sentinel-first-SECRET").await,
         StatusCode::UNAUTHORIZED
@@ -1074,13 +1023,8 @@ async fn standalone_emulator_without_a_key_prints_credentials_a_proxy_can_use() 
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("proxy.toml");
-    std::fs::write(
-        &file,
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         [routing]\ndefault_service = \"virtualserver\"\n\
-         [services.virtualserver]\napi_version = \"1.3\"\nregion = \"kr-west1\"\n",
-    )
-    .unwrap();
+    // The service's upstream and the key pair come from the printed lines alone.
+    dev_config().write(&file);
     let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let proxy = common::Proc::start(&["--config", file.to_str().unwrap()], &envs);
     let base = format!("http://{}", proxy.addr);
@@ -1151,17 +1095,16 @@ fn config_dir() -> String {
 
 #[test]
 fn check_config_profile_dev_succeeds_with_no_secret() {
-    let out = Command::new(BIN)
-        .args([
+    let out = common::bin::output(
+        &[
             "check-config",
             "--profile",
             "dev",
             "--config-dir",
             &config_dir(),
-        ])
-        .env_remove("SCP_SECRET_KEY")
-        .output()
-        .unwrap();
+        ],
+        &[],
+    );
     assert!(
         out.status.success(),
         "{}",
