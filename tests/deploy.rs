@@ -332,6 +332,14 @@ fn every_shipped_config_keeps_the_data_plane_on_loopback() {
             loopback,
             "config/{name}.toml: server.admin_listen"
         );
+        // The forward listener, where a profile opens one, is data plane too.
+        if let Some(forward) = c.forward_proxy.listen {
+            assert_eq!(
+                forward.ip(),
+                loopback,
+                "config/{name}.toml: forward_proxy.listen"
+            );
+        }
     }
     for env in KubeEnv::all() {
         let (c, _) = env.proxy_config();
@@ -555,7 +563,8 @@ fn kubernetes_mounts_match_the_paths_in_the_config() {
                 "{n}: deployment.yaml's kubectl create secret must create key {key}"
             );
         }
-        // The app reaches the proxy on the data plane's loopback port.
+        // The app reaches the proxy on the data plane's loopback port (HTTPS_PROXY: the
+        // forward listener's).
         let listen = c.server.listen.tcp().expect("a TCP address");
         let mut app_urls = 0;
         for container in env.pod_spec().at("containers").seq() {
@@ -564,13 +573,26 @@ fn kubernetes_mounts_match_the_paths_in_the_config() {
                     continue;
                 };
                 if let Some(rest) = value.str().strip_prefix("http://127.0.0.1:") {
-                    app_urls += 1;
+                    let name = var.at("name").str();
                     let port: u16 = rest.trim_end_matches('/').parse().unwrap();
+                    if name == "HTTPS_PROXY" {
+                        let forward = c.forward_proxy.listen.unwrap_or_else(|| {
+                            panic!(
+                                "{n}: the app sets HTTPS_PROXY but [forward_proxy] listen is unset"
+                            )
+                        });
+                        assert_eq!(
+                            port,
+                            forward.port(),
+                            "{n}: the app's HTTPS_PROXY points at port {port}, the forward proxy listens on {forward}"
+                        );
+                        continue;
+                    }
+                    app_urls += 1;
                     assert_eq!(
                         port,
                         listen.port(),
-                        "{n}: the app's {} points at port {port}, the proxy listens on {listen}",
-                        var.at("name").str()
+                        "{n}: the app's {name} points at port {port}, the proxy listens on {listen}"
                     );
                 }
             }
@@ -578,6 +600,86 @@ fn kubernetes_mounts_match_the_paths_in_the_config() {
         assert!(
             app_urls > 0,
             "{n}: the app container should be told the proxy's URL"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_forward_proxy_stays_on_loopback_and_the_app_trusts_the_ca_it_writes() {
+    for env in KubeEnv::all() {
+        let n = &env.name;
+        let (c, _) = env.proxy_config();
+        let fp = &c.forward_proxy;
+        let listen = fp
+            .listen
+            .unwrap_or_else(|| panic!("{n}: the ConfigMap sets no [forward_proxy] listen"));
+        assert_eq!(
+            listen.ip(),
+            Ipv4Addr::LOCALHOST,
+            "{n}: forward_proxy.listen must stay on loopback"
+        );
+        assert!(
+            fp.ca_key_file.is_none(),
+            "{n}: a CA key in the ConfigMap's config needs a Secret mount this test does not check"
+        );
+        let out = fp
+            .ca_cert_out
+            .as_ref()
+            .unwrap_or_else(|| panic!("{n}: set forward_proxy.ca_cert_out so the app gets the CA"));
+        let dir = out.parent().unwrap().to_str().unwrap();
+        // The proxy writes the file: its mount of that directory is writable, an emptyDir.
+        let proxy_mount = env
+            .proxy()
+            .at("volumeMounts")
+            .seq()
+            .iter()
+            .find(|m| m.at("mountPath").str().trim_end_matches('/') == dir)
+            .unwrap_or_else(|| {
+                panic!("{n}: nothing is mounted at {dir} (ca_cert_out) in the proxy")
+            });
+        assert_ne!(
+            proxy_mount.opt("readOnly").map(Yaml::str),
+            Some("true"),
+            "{n}: the proxy must be able to write {}",
+            out.display()
+        );
+        let volume_name = proxy_mount.at("name").str();
+        let app = env
+            .pod_spec()
+            .at("containers")
+            .seq()
+            .iter()
+            .find(|c| c.at("name").str() == "app")
+            .unwrap_or_else(|| panic!("{n}: no container named app"));
+        // The app reads it from the same volume, read-only.
+        let volume = env.volume_at(app, dir);
+        assert_eq!(
+            volume.at("name").str(),
+            volume_name,
+            "{n}: {dir} volumes differ"
+        );
+        assert!(
+            volume.opt("emptyDir").is_some(),
+            "{n}: {dir} should be an emptyDir shared by the two containers"
+        );
+        let env_of = |name: &str| {
+            app.at("env")
+                .seq()
+                .iter()
+                .find(|v| v.at("name").str() == name)
+                .map(|v| v.at("value").str().to_owned())
+        };
+        for var in ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"] {
+            assert_eq!(
+                env_of(var).as_deref(),
+                out.to_str(),
+                "{n}: the app's {var} should be forward_proxy.ca_cert_out"
+            );
+        }
+        assert_eq!(
+            env_of("HTTPS_PROXY"),
+            Some(format!("http://{listen}")),
+            "{n}: the app's HTTPS_PROXY"
         );
     }
 }

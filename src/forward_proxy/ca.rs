@@ -200,12 +200,21 @@ impl Authority {
         &self.pem
     }
 
-    /// Writes the CA certificate (never the key) to `path`, readable by all.
+    /// Writes the CA certificate (never the key) to `path`, readable by all. Written beside
+    /// it and renamed into place, so a tool reading the file (a restarted sidecar rewrites it
+    /// under a running app) sees the old certificate or the new one, never half of one.
     pub fn write_cert(&self, path: &Path) -> Result<(), CaError> {
-        std::fs::write(path, self.pem.as_bytes()).map_err(|source| CaError::Write {
+        use std::os::unix::fs::PermissionsExt as _;
+        let err = |source| CaError::Write {
             path: path.to_path_buf(),
             source,
-        })
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, self.pem.as_bytes()).map_err(err)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
     }
 
     /// The TLS server configuration for `host` (a leaf for it, ALPN h2 and http/1.1): the cached
@@ -404,6 +413,25 @@ mod tests {
         let life = x.validity().not_after.timestamp() - x.validity().not_before.timestamp();
         assert_eq!(life as u64, (LEAF_VALIDITY + BACKDATE).as_secs());
         assert!(!x.is_ca());
+    }
+
+    #[test]
+    fn the_cert_is_written_whole_over_an_old_one_readable_by_all() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ca.pem");
+        std::fs::write(&out, "an older CA").unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ca = Authority::generate(&["vs.example".into()]).unwrap();
+        ca.write_cert(&out).unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), ca.pem());
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["ca.pem"], "nothing left beside it");
     }
 
     #[test]
