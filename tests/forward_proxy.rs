@@ -167,8 +167,16 @@ async fn curl_through_the_forward_listener_is_signed_afresh() {
         s.forward
     );
     assert!(ok, "{err}");
-    // The emulator checks the signature: 200 means it was the proxy's, alone.
+    // The emulator checks the signature and refuses a second Scp-Signature or Scp-Accesskey
+    // (401): 200 means the proxy's signature arrived, alone, and the forged one never did.
     assert_eq!(status_line(&out), "200 2", "{out}\n{}", s.proxy.log());
+    // Control: the client's headers sent to the emulator directly are refused.
+    let direct = raw(
+        s.emulator.addr,
+        format!("GET /v1/images HTTP/1.1\r\nHost: {VS_HOST}\r\nScp-Signature: forged-by-the-client\r\nScp-Accesskey: the-tools-own-key\r\nScp-Timestamp: 0\r\nScp-ClientType: Openapi\r\nScp-Api-Version: virtualserver 1.3\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(direct.starts_with("HTTP/1.1 401"), "{direct}");
     let body: serde_json::Value = serde_json::from_str(out.rsplit_once('\n').unwrap().0).unwrap();
     assert_eq!(body["images"][0]["id"], DEMO_IMAGE_ID, "{out}");
 
@@ -280,10 +288,24 @@ async fn connect(forward: SocketAddr, authority: &str) -> (TcpStream, String) {
 
 #[tokio::test]
 async fn connect_to_an_unconfigured_host_is_refused_and_nothing_is_connected() {
-    let s = start("");
+    // A second service whose upstream counts what reaches it.
+    let up = RecordingUpstream::start(SECRET).await;
+    let extra = format!(
+        "[services.recorded]\nupstream = \"{}\"\napi_version = \"1.0\"\nintercept = [\"{REC_HOST}:443\"]\nallow_unsupported_version = true\n",
+        up.base()
+    );
+    let s = start(&extra);
     // A listener the proxy would reach if it opened a blind tunnel.
     let bystander = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = bystander.local_addr().unwrap().to_string();
+    // Sorted, as the proxy lists them: each upstream's own authority and the intercepts.
+    let mut allowed = [
+        s.emulator.addr.to_string(),
+        up.addr.to_string(),
+        format!("{REC_HOST}:443"),
+        format!("{VS_HOST}:443"),
+    ];
+    allowed.sort();
     for authority in [
         target.as_str(),
         "example.com:443",
@@ -300,7 +322,7 @@ async fn connect_to_an_unconfigured_host_is_refused_and_nothing_is_connected() {
         );
         assert_eq!(
             body["allowed"],
-            serde_json::json!([s.emulator.addr.to_string(), format!("{VS_HOST}:443")]),
+            serde_json::json!(allowed),
             "{body}"
         );
     }
@@ -327,6 +349,10 @@ async fn connect_to_an_unconfigured_host_is_refused_and_nothing_is_connected() {
             .is_err(),
         "the proxy connected to a host it refused"
     );
+    // Nowhere else either: no upstream saw a request, none reached the data-plane stack.
+    assert_eq!(up.count(), 0, "a refused request reached an upstream");
+    let m = metrics(s.proxy.admin_addr).await;
+    assert!(!m.contains("scp_auth_proxy_requests_total{"), "{m}");
     // ... and a configured one is routed to its service.
     let answer = raw(
         s.forward,
@@ -340,6 +366,11 @@ async fn connect_to_an_unconfigured_host_is_refused_and_nothing_is_connected() {
         m.contains("scp_auth_proxy_connect_refusals_total{reason=\"not_allowed\"} 4"),
         "{m}"
     );
+    assert!(
+        m.contains("scp_auth_proxy_requests_total{service=\"virtualserver\",method=\"GET\",status_class=\"2xx\",listener=\"forward\"} 1"),
+        "{m}"
+    );
+    assert_eq!(up.count(), 0);
 }
 
 fn tls_connector(ca: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
