@@ -320,11 +320,7 @@ async fn connect_to_an_unconfigured_host_is_refused_and_nothing_is_connected() {
             body["message"].as_str().unwrap().contains(authority),
             "{body}"
         );
-        assert_eq!(
-            body["allowed"],
-            serde_json::json!(allowed),
-            "{body}"
-        );
+        assert_eq!(body["allowed"], serde_json::json!(allowed), "{body}");
     }
     assert!(
         tokio::time::timeout(Duration::from_millis(300), bystander.accept())
