@@ -208,7 +208,7 @@ mod tests {
     //! The ordering guarantees, through the whole stack in-process: `layers(..)` over a
     //! recording `service_fn` upstream, one request at a time with `oneshot`.
 
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -259,10 +259,13 @@ mod tests {
     #[derive(Clone, Default)]
     struct Upstream {
         seen: Arc<Mutex<Vec<Received>>>,
+        /// How many of the first requests to answer 503 (a retryable failure).
+        busy: Arc<AtomicUsize>,
     }
 
     impl Upstream {
-        /// The innermost service: records each request and answers 200 `upstream ok`.
+        /// The innermost service: records each request and answers 200 `upstream ok` (503
+        /// `busy` while `busy` lasts).
         fn service(
             &self,
         ) -> impl Service<
@@ -274,8 +277,10 @@ mod tests {
                + Send
                + 'static {
             let seen = self.seen.clone();
+            let busy = self.busy.clone();
             tower::service_fn(move |routed: RoutedRequest<ReqBody<Watched>>| {
                 let seen = seen.clone();
+                let busy = busy.clone();
                 async move {
                     let (parts, body) = routed.into_request().into_parts();
                     let body = body
@@ -289,6 +294,14 @@ mod tests {
                         headers: parts.headers,
                         body,
                     });
+                    if busy
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        let mut resp = Response::new(crate::body::full("busy"));
+                        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        return Ok(resp);
+                    }
                     Ok::<_, ProxyError>(Response::new(crate::body::full("upstream ok")))
                 }
             })
@@ -312,6 +325,7 @@ upstream = "{VS}"
 api_version = "1.3"
 region = "kr-west1"
 allow = ["GET /v1/images/**", "POST /v1/images/*/import", "POST /v1/images"]
+retry = {{ operations = ["POST /v1/images/*/import"] }}
 [services.iam]
 upstream = "https://iam.kr-west1.e.samsungsdscloud.com"
 api_version = "1.0"
@@ -545,6 +559,41 @@ allow_unsupported_version = true
             send(&parts, &upstream, request("GET", "/v1/images", "").0).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "upstream ok"));
         assert!(headers.get(&SCP_SIGNATURE).is_none() && headers.get(&SCP_ACCESSKEY).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_retry_is_signed_anew_and_sends_the_checked_bytes_again() {
+        let (parts, _dir) = parts();
+        let upstream = Upstream::default();
+        upstream.busy.store(1, Ordering::SeqCst);
+        let body = import_body();
+        let (status, _, answer) = send(&parts, &upstream, request("POST", IMPORT, &body).0).await;
+        assert_eq!((status, answer.as_str()), (StatusCode::OK, "upstream ok"));
+        let seen = upstream.seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "the 503 was retried once");
+        let mut stamps = Vec::new();
+        for got in seen.iter() {
+            let h = |n: &http::HeaderName| got.headers[n].to_str().unwrap().to_owned();
+            let expected = crate::signer::sign(
+                SECRET.as_bytes(),
+                got.method.as_str(),
+                &got.uri,
+                &h(&SCP_TIMESTAMP),
+                &h(&SCP_ACCESSKEY),
+                ACCT,
+                "Openapi",
+            );
+            assert_eq!(h(&SCP_SIGNATURE), expected.as_str());
+            assert_eq!(
+                got.body,
+                body.as_bytes(),
+                "each attempt sends the checked bytes"
+            );
+            stamps.push(h(&SCP_TIMESTAMP));
+        }
+        // Retry above signing: the second attempt has its own timestamp (the pause is at least
+        // 25 ms), not a replay of the first one's. Were signing above retry, these would match.
+        assert_ne!(stamps[0], stamps[1]);
     }
 
     #[tokio::test]
