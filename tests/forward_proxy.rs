@@ -687,12 +687,24 @@ fn python_sdk_lists_and_imports_through_the_forward_listener() {
         "{}",
         s.proxy.log()
     );
-    // Every call went through the forward listener and was signed there.
+    // Every call went through the forward listener and was signed there. The access line is
+    // written after the answer, so the last one may still be on its way: poll for all three.
+    let forward_lines = || {
+        s.proxy
+            .log()
+            .matches("\"mode\":\"forward\",\"method\"")
+            .count()
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !s.proxy.log().contains("\"method\":\"POST\",\"service\":\"virtualserver\",\"path\":\"/v1/images/3f8c2a6e-9b1d-4c7a-8e5f-2d0b6a9c4e17/import\",\"status\":202") {
-        assert!(Instant::now() < deadline, "no access line:\n{}", s.proxy.log());
+    while forward_lines() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no access line:\n{}",
+            s.proxy.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(s.proxy.log().contains("\"method\":\"POST\",\"service\":\"virtualserver\",\"path\":\"/v1/images/3f8c2a6e-9b1d-4c7a-8e5f-2d0b6a9c4e17/import\",\"status\":202"), "{}", s.proxy.log());
     assert_eq!(
         s.proxy
             .log()
@@ -701,5 +713,51 @@ fn python_sdk_lists_and_imports_through_the_forward_listener() {
         3,
         "{}",
         s.proxy.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_count_under_the_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator(dir.path());
+    let config = proxy_toml(dir.path(), emu.addr, "", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[server]\n", "[server]\nmax_connections = 2\n");
+    std::fs::write(&config, text).unwrap();
+    let proxy = Proc::start(&["--config", config.to_str().unwrap()], &[]);
+    let forward = proxy.forward_addr.unwrap();
+    let authority = format!("{VS_HOST}:443");
+    let (first, answer) = connect(forward, &authority).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_second, answer) = connect(forward, &authority).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Two open tunnels fill the cap: a third connection waits in the backlog, unanswered.
+    let mut third = TcpStream::connect(forward).await.unwrap();
+    third
+        .write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf))
+            .await
+            .is_err(),
+        "answered past the cap"
+    );
+    // A tunnel that ends frees its place.
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("answered once a place was free")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        proxy
+            .log()
+            .contains("forward proxy: connection cap reached"),
+        "{}",
+        proxy.log()
     );
 }

@@ -33,7 +33,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
 use crate::config::{ServerConfig, ServiceConfig};
@@ -172,6 +172,10 @@ pub(crate) struct Drain {
 /// Serves the forward proxy on `listener` until `shutdown`, then drains like
 /// [`crate::server::serve`]: no new connections, every connection and tunnel asked to close
 /// once its in-flight requests are answered, up to `grace`. Returns whether all finished.
+///
+/// At most `server.max_connections` client connections at once, a tunnel counting as its
+/// connection until it closes; at the cap accepting pauses and new connections wait in the
+/// kernel's backlog, as on the plain listener.
 pub async fn serve<S>(
     listener: TcpListener,
     fp: ForwardProxy,
@@ -191,9 +195,28 @@ where
         closing: closing_rx,
         alive: alive_tx,
     };
+    let cap = cfg.max_connections.unwrap_or(1024).max(1);
+    let permits = Arc::new(Semaphore::new(cap));
+    let mut cap_logged: Option<std::time::Instant> = None;
     let cfg = Arc::new(cfg.clone());
     tokio::pin!(shutdown);
     loop {
+        if permits.available_permits() == 0
+            && cap_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            cap_logged = Some(std::time::Instant::now());
+            tracing::warn!(
+                max_connections = cap,
+                "forward proxy: connection cap reached (server.max_connections): accepting paused"
+            );
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => Arc::new(p),
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _peer) = match accepted {
@@ -211,6 +234,7 @@ where
                     inner: inner.clone(),
                     cfg: cfg.clone(),
                     drain: drain.clone(),
+                    permit,
                 };
                 tokio::spawn(connection(stream, outer, cfg.clone(), drain.clone()));
             }
@@ -267,6 +291,8 @@ struct Outer<S> {
     inner: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     cfg: Arc<ServerConfig>,
     drain: Drain,
+    /// The connection's place under the cap, shared with a tunnel opened on it.
+    permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl<S: Clone> Clone for Outer<S> {
@@ -277,6 +303,7 @@ impl<S: Clone> Clone for Outer<S> {
             inner: self.inner.clone(),
             cfg: self.cfg.clone(),
             drain: self.drain.clone(),
+            permit: self.permit.clone(),
         }
     }
 }
@@ -397,6 +424,7 @@ impl<S: HttpService> Outer<S> {
             idle: self.cfg.idle_timeout,
             handshake_timeout: self.cfg.header_read_timeout,
             drain: self.drain.clone(),
+            _permit: self.permit.clone(),
         };
         tokio::spawn(async move {
             match upgrade.await {

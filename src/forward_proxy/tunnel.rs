@@ -56,6 +56,8 @@ pub(crate) struct Tunnel<S> {
     pub idle: Duration,
     pub handshake_timeout: Duration,
     pub drain: Drain,
+    /// Held until the tunnel ends: it counts under `server.max_connections`.
+    pub _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<S: HttpService> Tunnel<S> {
