@@ -18,8 +18,19 @@ use serde::{Deserialize, Serialize};
 /// Errors found while loading configuration or credentials. Each says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
+    /// A value of the wrong type or an unknown key. Shown by [`describe_load`], which never
+    /// prints the offending value: a secret pasted into the wrong place stays out of the log.
+    #[error("{}", describe_load(.0))]
     Load(Box<figment::Error>),
+    /// The file is not valid TOML. Only the position and what the parser expected are shown,
+    /// never the line itself (it may be a secret, e.g. `check-config --config <secret file>`).
+    #[error("config file {} is not valid TOML: line {line}, column {column}: {expected} (the line is not shown: it may hold a secret)", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        expected: String,
+    },
     #[error("config file {path} could not be read: {source}")]
     File {
         path: PathBuf,
@@ -233,15 +244,17 @@ impl std::str::FromStr for ListenAddr {
         if let Some(path) = s.strip_prefix("unix:") {
             let path = PathBuf::from(path);
             if !path.is_absolute() {
-                return Err(format!(
-                    "{s:?}: a Unix socket needs an absolute path, e.g. unix:/run/scp-auth-proxy/proxy.sock"
-                ));
+                // The value is not quoted back: errors never echo file content.
+                return Err(
+                    "a Unix socket needs an absolute path, e.g. unix:/run/scp-auth-proxy/proxy.sock"
+                        .into(),
+                );
             }
             return Ok(ListenAddr::Unix(path));
         }
-        s.parse().map(ListenAddr::Tcp).map_err(|_| {
-            format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:8080) or unix:/ABSOLUTE/PATH")
-        })
+        s.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| "is not HOST:PORT (e.g. 127.0.0.1:8080) or unix:/ABSOLUTE/PATH".into())
     }
 }
 
@@ -267,9 +280,10 @@ mod octal_mode {
         let s = String::deserialize(d)?;
         match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
             Ok(m) if m <= 0o777 => Ok(Some(m)),
-            _ => Err(serde::de::Error::custom(format!(
-                "{s:?} is not an octal file mode such as \"0660\""
-            ))),
+            // The value is not quoted back: errors never echo file content.
+            _ => Err(serde::de::Error::custom(
+                "is not an octal file mode such as \"0660\"",
+            )),
         }
     }
 
@@ -688,6 +702,7 @@ pub fn figment(
     match source {
         Source::File(path) => {
             require_file(path)?;
+            check_syntax(path)?;
             fig = fig.merge(Toml::file_exact(path));
             files.push(path.clone());
         }
@@ -704,11 +719,13 @@ pub fn figment(
             }
             let default = dir.join("default.toml");
             if default.exists() {
+                check_syntax(&default)?;
                 fig = fig.merge(Toml::file_exact(&default));
                 files.push(default);
             }
             let profile = dir.join(format!("{name}.toml"));
             require_file(&profile)?;
+            check_syntax(&profile)?;
             fig = fig.merge(Toml::file_exact(&profile));
             files.push(profile);
         }
@@ -726,6 +743,131 @@ fn require_file(path: &Path) -> Result<(), ConfigError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// Parses `path` as TOML before figment does, so a syntax error is reported by position only:
+/// figment's (and toml's) own message quotes the offending line.
+fn check_syntax(path: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read(path).map_err(|source| ConfigError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let text = zeroize::Zeroizing::new(text);
+    let syntax = |offset: usize, expected: String| {
+        let (line, column) = line_column(&text, offset);
+        ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            expected,
+        }
+    };
+    let Ok(utf8) = std::str::from_utf8(&text) else {
+        let offset = std::str::from_utf8(&text)
+            .err()
+            .map_or(0, |e| e.valid_up_to());
+        return Err(syntax(offset, "UTF-8 text".into()));
+    };
+    match toml::from_str::<toml::Table>(utf8) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            Err(syntax(offset, redact_toml_message(e.message())))
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &[u8], offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    (line, column)
+}
+
+/// The parser's message on one line, with every quoted fragment longer than a token (such as
+/// a duplicated key or an unknown escape) left out: only punctuation the parser expected stays.
+pub(crate) fn redact_toml_message(m: &str) -> String {
+    let mut out = String::with_capacity(m.len());
+    for (i, part) in m.split('`').enumerate() {
+        if i % 2 == 0 {
+            out.push_str(part);
+        } else if part.chars().count() <= 2 && !part.chars().any(|c| c.is_alphanumeric()) {
+            out.push('`');
+            out.push_str(part);
+            out.push('`');
+        } else {
+            out.push_str("`…`");
+        }
+    }
+    let out = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if out.is_empty() {
+        "valid TOML".into()
+    } else {
+        out
+    }
+}
+
+/// figment's error without the values it would quote: the key, where it came from, and what
+/// kind of value was expected.
+fn describe_load(e: &figment::Error) -> String {
+    use figment::error::{Actual, Kind};
+    let kind_of = |a: &Actual| -> &'static str {
+        match a {
+            Actual::Bool(_) => "a boolean",
+            Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+            Actual::Float(_) => "a float",
+            Actual::Char(_) | Actual::Str(_) => "a string",
+            Actual::Bytes(_) => "bytes",
+            Actual::Unit | Actual::Option => "nothing",
+            Actual::Seq => "an array",
+            Actual::Map => "a table",
+            _ => "another kind of value",
+        }
+    };
+    let mut lines = Vec::new();
+    for err in e.clone() {
+        let what = match &err.kind {
+            Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+                format!("expected {expected}, found {}", kind_of(actual))
+            }
+            Kind::Message(m) if m.contains('\n') => {
+                "could not be parsed (the text is not shown: it may hold a secret)".into()
+            }
+            Kind::UnknownVariant(_, expected) => {
+                format!("unknown value; expected one of {}", expected.join(", "))
+            }
+            Kind::Unsupported(actual) => format!("unsupported value: {}", kind_of(actual)),
+            Kind::UnsupportedKey(actual, expected) => {
+                format!("unsupported key: {}, need {expected}", kind_of(actual))
+            }
+            // Key names, lengths and our own messages (which never quote values).
+            other => other.to_string(),
+        };
+        let key = err.path.join(".");
+        let origin = match &err.metadata {
+            Some(md) => match &md.source {
+                Some(src) => format!(" (in {src})"),
+                None => format!(" (from {})", md.name),
+            },
+            None => String::new(),
+        };
+        lines.push(if key.is_empty() {
+            format!("configuration{origin}: {what}")
+        } else {
+            format!("`{key}`{origin}: {what}")
+        });
+    }
+    lines.join("\n")
 }
 
 /// Environment keys the proxy knows (lower-cased and dotted, as figment presents them).
@@ -1252,11 +1394,9 @@ mod duration {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration such as \"30s\" or \"500ms\": {e}"
-            ))
-        })
+        // The value is not quoted back: errors never echo file content.
+        humantime::parse_duration(&s)
+            .map_err(|_| serde::de::Error::custom("is not a duration such as \"30s\" or \"500ms\""))
     }
 
     pub(super) fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -1769,6 +1909,68 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn parse_errors_name_position_never_content() {
+        const SENTINEL: &str = "SENTINEL-s3cr3t-9f2c";
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file("config/default.toml", BASE)?;
+            for (body, line, column) in [
+                // The secret file itself given as the config, and a secret pasted unquoted.
+                (format!("{SENTINEL}\n"), 1, 21),
+                (format!("[credentials]\nsecret = {SENTINEL}\n"), 2, 10),
+                (format!("[server]\n\"{SENTINEL}\n"), 2, 22),
+                (
+                    format!("[server]\nlisten = \"x\"\nlisten = \"{SENTINEL}\"\n"),
+                    3,
+                    1,
+                ),
+            ] {
+                jail.create_file("config/p.toml", &body)?;
+                let err = profile(jail, "p").unwrap_err();
+                let shown = err.to_string();
+                assert!(
+                    !shown.contains("SENTINEL") && !shown.contains("s3cr3t"),
+                    "{shown}"
+                );
+                assert!(shown.contains("p.toml"), "{shown}");
+                assert!(
+                    shown.contains(&format!("line {line}, column {column}")),
+                    "{body:?}: {shown}"
+                );
+                assert!(matches!(err, ConfigError::Syntax { .. }), "{shown}");
+            }
+            // Valid TOML, wrong type: the key and file, never the value.
+            for body in [
+                format!("[server]\nmax_header_bytes = \"{SENTINEL}\"\n"),
+                format!("[server]\nidle_timeout = \"{SENTINEL}\"\n"),
+                format!("[server]\nlisten = \"{SENTINEL}\"\n"),
+                format!("[credentials]\naccount_id = [\"{SENTINEL}\"]\n"),
+            ] {
+                jail.create_file("config/p.toml", &body)?;
+                let shown = profile(jail, "p").unwrap_err().to_string();
+                assert!(!shown.contains("SENTINEL"), "{shown}");
+                assert!(shown.contains("p.toml"), "{shown}");
+                let key = body.lines().nth(1).unwrap().split(' ').next().unwrap();
+                assert!(shown.contains(key), "{shown}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn toml_messages_keep_only_punctuation() {
+        assert_eq!(
+            redact_toml_message("invalid string\nexpected `\"`, `'`"),
+            "invalid string; expected `\"`, `'`"
+        );
+        assert_eq!(
+            redact_toml_message("duplicate key `secret`"),
+            "duplicate key `…`"
+        );
+        assert_eq!(redact_toml_message(""), "valid TOML");
     }
 
     #[test]

@@ -149,6 +149,14 @@ impl Credentials {
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, CredentialsError> {
+    // Warned, not refused: Kubernetes mounts Secrets 0644 unless told otherwise.
+    if let Some(mode) = loose_mode(path) {
+        tracing::warn!(
+            file = %path.display(),
+            mode = %format!("{mode:04o}"),
+            "the {what} file is readable by group or others; make it 0400 (or 0440 owned by another user, read through the group, as Kubernetes' fsGroup with defaultMode: 0440 does)"
+        );
+    }
     std::fs::read(path)
         .map(Zeroizing::new)
         .map_err(|source| CredentialsError::Unreadable {
@@ -156,6 +164,27 @@ fn read_file(what: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, Cred
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// The permission bits of `path` (after symlinks, as Kubernetes' `..data` links are) when
+/// others may read it, or its group may while the proxy owns it (the group read then serves no
+/// one the proxy needs). A 0440 file owned by another user and read through the pod's
+/// `fsGroup`, as the shipped manifests mount it, is fine.
+pub fn loose_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let mode = meta.mode() & 0o7777;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let own = meta.uid() == unsafe { libc::geteuid() };
+        (mode & 0o004 != 0 || (own && mode & 0o040 != 0)).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 /// Strips one trailing LF or CRLF (Kubernetes Secrets and `echo` add one); any other
@@ -274,6 +303,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(SECRET_ENV), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn group_or_world_readable_files_are_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "s\n").unwrap();
+        for (mode, loose) in [
+            (0o400, None),
+            (0o600, None),
+            (0o440, Some(0o440)),
+            (0o404, Some(0o404)),
+            (0o644, Some(0o644)),
+            (0o620, None),
+        ] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(loose_mode(&f), loose, "{mode:o}");
+        }
+        // This test owns the file, so a group read is loose too.
+        // Through a symlink, as Kubernetes mounts them: the target's mode counts.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(loose_mode(&link), Some(0o644));
     }
 
     #[test]

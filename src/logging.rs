@@ -93,6 +93,8 @@ static ACCESS: OnceLock<(LogSink, LogFormat)> = OnceLock::new();
 #[derive(Debug)]
 pub struct AccessLine<'a> {
     pub request_id: &'a [u8],
+    /// The client's id was refused and `request_id` generated in its place.
+    pub request_id_replaced: bool,
     /// The listener: `plain` or `forward`.
     pub mode: &'a str,
     pub method: &'a str,
@@ -163,13 +165,17 @@ pub fn write_json_event(target: &str, fields: &impl serde::Serialize) -> bool {
 /// `2026-12-01T21:16:21.566413Z  INFO access: request_id=.. method=GET service="vs" ..`
 fn format_text(out: &mut Vec<u8>, now: SystemTime, l: &AccessLine<'_>) {
     timestamp(out, now);
+    // Every value a client chose is quoted: it cannot forge `key=value` pairs.
     out.extend_from_slice(b"  INFO access: request_id=");
-    out.extend_from_slice(String::from_utf8_lossy(l.request_id).as_bytes());
-    // A fixed word (`plain`/`forward`), never client bytes: written bare like `method`.
+    debug_str(out, &String::from_utf8_lossy(l.request_id));
+    if l.request_id_replaced {
+        out.extend_from_slice(b" request_id_replaced=true");
+    }
+    // A fixed word (`plain`/`forward`), never client bytes: written bare.
     out.extend_from_slice(b" mode=");
     out.extend_from_slice(l.mode.as_bytes());
     out.extend_from_slice(b" method=");
-    out.extend_from_slice(l.method.as_bytes());
+    debug_str(out, l.method);
     out.extend_from_slice(b" service=");
     debug_str(out, l.service);
     out.extend_from_slice(b" path=");
@@ -199,6 +205,9 @@ fn format_json(out: &mut Vec<u8>, now: SystemTime, l: &AccessLine<'_>) {
     timestamp(out, now);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":");
     json_str(out, &String::from_utf8_lossy(l.request_id));
+    if l.request_id_replaced {
+        out.extend_from_slice(b",\"request_id_replaced\":true");
+    }
     out.extend_from_slice(b",\"mode\":");
     json_str(out, l.mode);
     out.extend_from_slice(b",\"method\":");
@@ -361,6 +370,7 @@ mod tests {
     fn line(path: &'static str, id: &'static [u8]) -> AccessLine<'static> {
         AccessLine {
             request_id: id,
+            request_id_replaced: false,
             mode: "forward",
             method: "GET",
             service: "virtualserver",
@@ -388,8 +398,8 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "2026-12-01T21:16:21.566413Z  INFO access: request_id=836b10cd-0000000002dd \
-             mode=forward method=GET service=\"virtualserver\" path=\"/v1/images\" status=202 \
+            "2026-12-01T21:16:21.566413Z  INFO access: request_id=\"836b10cd-0000000002dd\" \
+             mode=forward method=\"GET\" service=\"virtualserver\" path=\"/v1/images\" status=202 \
              upstream_ms=0.532 total_ms=1500.007\n"
         );
     }
@@ -402,7 +412,7 @@ mod tests {
         let mut out = Vec::new();
         format_text(&mut out, at(), &l);
         let s = String::from_utf8(out).unwrap();
-        assert!(s.contains(r#"request_id=x�y mode=forward method"#), "{s}");
+        assert!(s.contains(r#"request_id="x�y" mode=forward method"#), "{s}");
         assert!(s.contains(r#"path="/a\"b\\c" status=202 total_ms"#), "{s}");
         assert!(
             s.ends_with(" error_code=\"operation_not_allowed\"\n"),
@@ -412,8 +422,67 @@ mod tests {
     }
 
     #[test]
+    fn client_values_cannot_forge_fields() {
+        let mut l = line("/v1/x", br#"abc status=200 service="iam" path="/forged""#);
+        l.request_id_replaced = true;
+        let mut out = Vec::new();
+        format_text(&mut out, at(), &l);
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.contains(r#"request_id="abc status=200 service=\"iam\" path=\"/forged\"" request_id_replaced=true mode=forward method="GET""#),
+            "{s}"
+        );
+        // Read as logfmt (quoted values may hold spaces and `\"`): one of each key.
+        let fields = logfmt(s.split_once("access: ").unwrap().1.trim_end());
+        let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "request_id",
+                "request_id_replaced",
+                "mode",
+                "method",
+                "service",
+                "path",
+                "status",
+                "upstream_ms",
+                "total_ms"
+            ],
+            "{s}"
+        );
+        assert_eq!(fields[6].1, "202");
+        assert_eq!(fields[5].1, "/v1/x");
+    }
+
+    /// `key=value` pairs, values bare or Rust-`Debug`-quoted, unescaped.
+    fn logfmt(s: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut it = s.chars().peekable();
+        while it.peek().is_some() {
+            let key: String = it.by_ref().take_while(|&c| c != '=').collect();
+            let mut value = String::new();
+            if it.peek() == Some(&'"') {
+                it.next();
+                while let Some(c) = it.next() {
+                    match c {
+                        '\\' => value.extend(it.next()),
+                        '"' => break,
+                        c => value.push(c),
+                    }
+                }
+                assert!(matches!(it.next(), None | Some(' ')), "{s}");
+            } else {
+                value = it.by_ref().take_while(|&c| c != ' ').collect();
+            }
+            out.push((key, value));
+        }
+        out
+    }
+
+    #[test]
     fn json_line_parses_with_every_field() {
         let mut l = line("/v1/\"q\"\t", b"id-1");
+        l.request_id_replaced = true;
         l.error_code = Some("upstream_timeout");
         l.trace_id = Some(crate::layers::tracecontext::TraceId([0xab; 16]));
         let mut out = Vec::new();
@@ -424,6 +493,7 @@ mod tests {
         assert_eq!(v["level"], "INFO");
         assert_eq!(v["target"], "access");
         assert_eq!(v["request_id"], "id-1");
+        assert_eq!(v["request_id_replaced"], true);
         assert_eq!(v["mode"], "forward");
         assert_eq!(v["method"], "GET");
         assert_eq!(v["service"], "virtualserver");

@@ -102,13 +102,15 @@ impl Sink {
         match self {
             // The JSON log's line is formatted straight from the record (no tracing fields).
             Sink::Log if crate::logging::write_json_event("audit", r) => {}
+            // `&str` values are quoted and escaped by the text format (`%` ones are not), so
+            // a client-chosen path in `operation` cannot forge `key=value` pairs.
             Sink::Log => tracing::info!(
                 target: "audit",
-                time = %r.time,
-                request_id = %r.request_id,
+                time = r.time.as_str(),
+                request_id = r.request_id.as_str(),
                 trace_id = r.trace_id.as_deref(),
                 service = r.service.as_deref(),
-                operation = %r.operation,
+                operation = r.operation.as_str(),
                 api_version = r.api_version.as_deref(),
                 decision = r.decision,
                 code = r.code,
@@ -120,7 +122,7 @@ impl Sink {
                 upstream_ms = r.upstream_ms,
                 request_bytes = r.request_bytes,
                 response_bytes = r.response_bytes,
-                access_key_id = %r.access_key_id,
+                access_key_id = r.access_key_id.as_str(),
             ),
             Sink::File { path, file } => {
                 let mut line = serde_json::to_vec(r).unwrap_or_default();
@@ -255,10 +257,8 @@ impl State {
             hint: ext.get::<crate::layers::explain::Hinted>().map(|h| h.0),
             upstream_status,
             upstream_request_id,
-            latency_ms: self.started.elapsed().as_secs_f64() * 1e3,
-            upstream_ms: ext
-                .get::<UpstreamLatency>()
-                .map(|l| l.0.as_secs_f64() * 1e3),
+            latency_ms: millis(self.started.elapsed()),
+            upstream_ms: ext.get::<UpstreamLatency>().map(|l| millis(l.0)),
             request_bytes: self.request_bytes,
             response_bytes: resp.body().size_hint().exact(),
             access_key_id: self.layer.store.current().access_key.clone(),
@@ -294,6 +294,11 @@ pub(crate) fn operation(
         Some(p) => p.to_owned(),
         None => format!("{method} {path}"),
     }
+}
+
+/// Milliseconds to the microsecond (`7.356`, not `7.355513999999999`).
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1e3
 }
 
 pin_project_lite::pin_project! {

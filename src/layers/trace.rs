@@ -1,10 +1,13 @@
 //! Request tracing: a request id on every request and response, one log line per request, and
 //! the request metrics.
 //!
-//! Guarantees: an incoming `X-Request-Id` is kept (else one is generated), forwarded upstream
-//! and returned on the response; one `access` log line per request with method, service, path,
-//! status, upstream latency and request id. No header values other than the request id are
-//! logged, so `Scp-Signature` and credentials never reach the log.
+//! Guarantees: an incoming `X-Request-Id` is kept when it is 1 to 128 visible ASCII characters
+//! with no quote or backslash (else one is generated and the line says `request_id_replaced`),
+//! forwarded upstream and returned on the response; one `access` log line per request with
+//! method, service, path, status, upstream latency and request id. Every value that came from
+//! the client is quoted and escaped in text logs, so a request id or path cannot forge
+//! `key=value` pairs. No header values other than the request id are logged, so
+//! `Scp-Signature` and credentials never reach the log.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -72,12 +75,18 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = match req.headers().get(&X_REQUEST_ID) {
-            Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
-            _ => {
+        let mut sent = req.headers().get_all(&X_REQUEST_ID).iter();
+        let kept = match (sent.next(), sent.next()) {
+            (Some(v), None) if is_acceptable_id(v.as_bytes()) => Ok(v.clone()),
+            (sent, _) => Err(sent.is_some()),
+        };
+        let (id, id_replaced) = match kept {
+            Ok(id) => (id, false),
+            Err(replaced) => {
                 let id = new_request_id();
+                // `insert` also drops a second (or third) client value.
                 req.headers_mut().insert(X_REQUEST_ID, id.clone());
-                id
+                (id, replaced)
             }
         };
         self.metrics.in_flight.inc();
@@ -99,6 +108,7 @@ where
                 uri,
                 mode,
                 id,
+                id_replaced,
                 started,
                 answered: false,
             }),
@@ -112,6 +122,8 @@ struct State {
     uri: Uri,
     mode: Mode,
     id: HeaderValue,
+    /// The client sent an id that was not acceptable; a generated one replaced it.
+    id_replaced: bool,
     started: Instant,
     answered: bool,
 }
@@ -124,8 +136,8 @@ impl Drop for State {
         if !self.answered {
             tracing::debug!(
                 target: "access",
-                request_id = %String::from_utf8_lossy(self.id.as_bytes()),
-                method = %self.method,
+                request_id = id_str(&self.id),
+                method = self.method.as_str(),
                 path = self.uri.path(),
                 "client went away before the response"
             );
@@ -192,6 +204,7 @@ where
             let line = crate::logging::AccessLine {
                 request_id: state.id.as_bytes(),
                 mode: state.mode.0,
+                request_id_replaced: state.id_replaced,
                 method: state.method.as_str(),
                 service: service.unwrap_or("-"),
                 path: state.uri.path(),
@@ -207,16 +220,18 @@ where
             // The logging module formats the line without tracing's field machinery; without
             // it (tests, ANSI terminals) the event goes through tracing as before.
             if !crate::logging::write_access(&line) {
+                // `&str` values are quoted and escaped by the text format; `%` ones are not.
                 tracing::info!(
                     target: "access",
-                    request_id = %String::from_utf8_lossy(line.request_id),
+                    request_id = id_str(&state.id),
+                    request_id_replaced = state.id_replaced.then_some(true),
                     mode = line.mode,
-                    method = %line.method,
+                    method = line.method,
                     service = line.service,
                     path = line.path,
                     status = line.status,
-                    upstream_ms = latency.map(|l| l.as_secs_f64() * 1e3),
-                    total_ms = line.total.as_secs_f64() * 1e3,
+                    upstream_ms = latency.map(|l| tracing::field::display(Millis(l))),
+                    total_ms = %Millis(line.total),
                     error_code,
                     trace_id = line.trace_id.map(tracing::field::display),
                 );
@@ -224,6 +239,28 @@ where
         }
         resp.headers_mut().insert(X_REQUEST_ID, state.id.clone());
         Poll::Ready(Ok(resp))
+    }
+}
+
+/// Visible ASCII, 1 to 128 bytes, and nothing that quotes or escapes in a log line.
+pub(crate) fn is_acceptable_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|&b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'\\'))
+}
+
+/// The id as text; ids are checked or generated ASCII.
+fn id_str(v: &HeaderValue) -> &str {
+    v.to_str().unwrap_or("-")
+}
+
+/// Milliseconds with three decimals, always (`12.000`), for the tracing fallback.
+struct Millis(std::time::Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = self.0.as_micros();
+        write!(f, "{}.{:03}", us / 1000, us % 1000)
     }
 }
 
@@ -268,6 +305,40 @@ fn new_request_id() -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn request_ids_kept_only_when_safe() {
+        for ok in ["abc", "0123-abcd_ef.GH:1/2+3=4", &"a".repeat(128)] {
+            assert!(super::is_acceptable_id(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "abc def",
+            "abc status=200 service=\"iam\"",
+            "a\"b",
+            "a'b",
+            "a\\b",
+            "a\tb",
+            "caf\u{e9}",
+            &"a".repeat(129),
+        ] {
+            assert!(!super::is_acceptable_id(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fallback_latency_has_fixed_precision() {
+        for (d, text) in [
+            (Duration::from_millis(12), "12.000"),
+            (Duration::from_nanos(1_234_567), "1.234"),
+            (Duration::from_nanos(400), "0.000"),
+            (Duration::from_secs(2), "2000.000"),
+        ] {
+            assert_eq!(super::Millis(d).to_string(), text);
+        }
+    }
+
     #[test]
     fn request_ids_are_unique() {
         let a = super::new_request_id();
