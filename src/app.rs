@@ -32,7 +32,8 @@ use crate::layers::audit::{AuditLayer, Sink};
 use crate::layers::explain::ExplainLayer;
 use crate::layers::hygiene::HeaderHygieneLayer;
 use crate::layers::image_import::ImageImportLayer;
-use crate::layers::limit::ConcurrencyLimitLayer;
+use crate::layers::limit::{ConcurrencyLimitLayer, ServiceLimitLayer};
+use crate::layers::require_header::RequireHeaderLayer;
 use crate::layers::retry::RetryLayer;
 use crate::layers::sign::SignLayer;
 use crate::layers::trace::TraceLayer;
@@ -59,6 +60,8 @@ pub struct ProxyParts {
     pub(crate) audit: Sink,
     /// The OTLP span exporter (`[telemetry] otlp_endpoint`), started by `start`.
     pub(crate) telemetry: Option<crate::telemetry::Exporter>,
+    /// `server.require_header`: requests without it are refused (412).
+    pub(crate) require_header: Option<http::HeaderName>,
 }
 
 impl ProxyParts {
@@ -78,6 +81,12 @@ impl ProxyParts {
             // The file, when configured, is opened by `start` (an I/O error is not a service's).
             audit: Sink::Log,
             telemetry: None,
+            require_header: match &config.server.require_header {
+                None => None,
+                Some(h) => Some(http::HeaderName::from_bytes(h.as_bytes()).map_err(|e| {
+                    TargetError::Routing(format!("server.require_header {h:?}: {e}"))
+                })?),
+            },
         })
     }
 }
@@ -128,12 +137,18 @@ where
         // Every error below becomes a JSON response here, named by its service when routing
         // had chosen one (the name travels in the error).
         .layer(RescueLayer)
+        // Refuse requests without the required header (SSRF guard) before they take a permit
+        // or reach routing: a forged fetch costs nothing and learns nothing about services.
+        .layer(RequireHeaderLayer::new(parts.require_header.clone()))
         // Refuse excess load before doing any work for it.
         .layer(ConcurrencyLimitLayer::new(parts.max_concurrent_requests))
         // Choose the service and rewrite the URI to the upstream's; CONNECT and absolute-form
         // targets end here, so a client never picks where a signed request goes. Below this
         // line every layer takes a `RoutedRequest`: it cannot move above it.
         .layer(RouteLayer::new(parts.routes.clone()))
+        // The service's own share of requests in flight (bulkhead): a hanging upstream fills
+        // only its share. Needs the routed service; before any work is done for the request.
+        .layer(ServiceLimitLayer)
         // Drop hop-by-hop and client-sent credentials before any policy looks at headers.
         .layer(HeaderHygieneLayer)
         // Inject or enforce the pinned Scp-Api-Version.

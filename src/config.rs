@@ -190,6 +190,9 @@ pub struct ServerConfig {
     /// main container has ended). Off by default: anyone who can reach the admin port could
     /// stop the sidecar.
     pub enable_quit: bool,
+    /// A header every data-plane request must carry (e.g. "X-Scp-Proxy"), else 412: a URL
+    /// fetch forged against loopback (SSRF) cannot add it. Not forwarded.
+    pub require_header: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -208,6 +211,7 @@ impl Default for ServerConfig {
             max_inspected_body_bytes: 64 * 1024,
             check_live_versions: true,
             enable_quit: false,
+            require_header: None,
         }
     }
 }
@@ -369,6 +373,9 @@ struct RawService {
     operation_versions: BTreeMap<String, String>,
     #[serde(default)]
     intercept: Vec<String>,
+    /// This service's share of requests in flight (a bulkhead), beside the global limit.
+    #[serde(default)]
+    max_concurrent_requests: Option<usize>,
 }
 
 /// `[services.NAME.retry]`: re-signed retries of failed attempts.
@@ -510,6 +517,8 @@ pub struct ServiceConfig {
     /// Extra public authorities (`host:port`, lower-case) the forward proxy intercepts for this
     /// service, besides its upstream's own.
     pub intercept: Vec<http::uri::Authority>,
+    /// At most this many requests to this service at once (None: only the global limit).
+    pub max_concurrent_requests: Option<usize>,
 }
 
 /// One `[services.NAME.operation_versions]` entry: requests matching `rule` are pinned to
@@ -889,6 +898,7 @@ fn is_known_key(key: &str) -> bool {
                 "max_inspected_body_bytes",
                 "check_live_versions",
                 "enable_quit",
+                "require_header",
             ],
         ),
         (
@@ -924,6 +934,7 @@ fn is_known_key(key: &str) -> bool {
         "max_idle_connections",
         "operation_versions",
         "intercept",
+        "max_concurrent_requests",
     ];
     const RETRY_KEYS: &[&str] = &["max_attempts", "budget_percent", "backoff", "operations"];
     let parts: Vec<&str> = key.split('.').collect();
@@ -1065,6 +1076,14 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         for a in &s.intercept {
             intercept.push(parse_intercept(a).map_err(|m| invalid(&key("intercept"), m))?);
         }
+        if let Some(n) = s.max_concurrent_requests {
+            if !(1..=MAX_CONCURRENT).contains(&n) {
+                return Err(invalid(
+                    &key("max_concurrent_requests"),
+                    format!("must be between 1 and {MAX_CONCURRENT}"),
+                ));
+            }
+        }
         services.push(ServiceConfig {
             intercept,
             name,
@@ -1079,6 +1098,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             allow_unsupported_version: s.allow_unsupported_version,
             retry: s.retry,
             operation_versions,
+            max_concurrent_requests: s.max_concurrent_requests,
         });
     }
     if let Some(d) = &raw.routing.default_service {
@@ -1172,6 +1192,14 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
                     humantime::format_duration(min),
                     humantime::format_duration(MAX_DURATION)
                 ),
+            ));
+        }
+    }
+    if let Some(h) = &server.require_header {
+        if h.is_empty() || http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(invalid(
+                "server.require_header",
+                "must be a header name such as \"X-Scp-Proxy\"".into(),
             ));
         }
     }
@@ -1468,6 +1496,9 @@ impl Config {
         );
         let _ = writeln!(o, "check_live_versions = {}", s.check_live_versions);
         let _ = writeln!(o, "enable_quit = {}", s.enable_quit);
+        if let Some(h) = &s.require_header {
+            let _ = writeln!(o, "require_header = \"{h}\"");
+        }
         let c = &self.credentials;
         let _ = writeln!(o, "\n[credentials]");
         if let Some(ak) = &c.access_key {
@@ -1537,6 +1568,10 @@ impl Config {
                 let all: Vec<&str> = svc.intercept.iter().map(|a| a.as_str()).collect();
                 let _ = writeln!(o, "intercept = {all:?}");
             }
+            if let Some(n) = svc.max_concurrent_requests {
+                let _ = writeln!(o, "max_concurrent_requests = {n}");
+            }
+            // Last: a table header ends the service's own keys.
             if !svc.operation_versions.is_empty() {
                 let _ = writeln!(
                     o,
@@ -1733,6 +1768,14 @@ mod tests {
                 (
                     "[credentials]\naccount_id = \" acct\"\n",
                     "credentials.account_id",
+                ),
+                (
+                    "[server]\nrequire_header = \"X Scp\"\n",
+                    "server.require_header",
+                ),
+                (
+                    "[services.virtualserver]\nmax_concurrent_requests = 0\n",
+                    "services.virtualserver.max_concurrent_requests",
                 ),
                 (
                     "[services.virtualserver]\nupstream = \"https://h:99999\"\n",

@@ -38,6 +38,12 @@ pub enum ProxyError {
     },
     #[error("this tunnel was opened for {authority}, but the request's Host is {host:?}; open a tunnel (CONNECT) for that host")]
     Misdirected { host: String, authority: String },
+    #[error("the asterisk-form target (`{method} *`) is not forwarded: send a path (e.g. `OPTIONS /v1/images`)")]
+    AsteriskForm { method: String },
+    #[error("the request has no {header} header (server.require_header): requests the app means to send through the proxy must carry it")]
+    MissingRequiredHeader { header: String },
+    #[error("too many requests in flight for service {service} (services.{service}.max_concurrent_requests = {limit}); retry shortly")]
+    ServiceOverloaded { service: String, limit: usize },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
@@ -79,6 +85,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::AbsoluteForm => StatusCode::BAD_REQUEST,
+            ProxyError::AsteriskForm { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::MissingRequiredHeader { .. } => StatusCode::PRECONDITION_FAILED,
+            ProxyError::ServiceOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::InvalidPath { .. } => StatusCode::BAD_REQUEST,
@@ -95,6 +104,9 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::AbsoluteForm => "absolute_form_target",
+            ProxyError::AsteriskForm { .. } => "asterisk_form_target",
+            ProxyError::MissingRequiredHeader { .. } => "missing_required_header",
+            ProxyError::ServiceOverloaded { .. } => "overloaded",
             ProxyError::Connect => "connect_not_supported",
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::InvalidPath { .. } => "invalid_path",
@@ -137,7 +149,11 @@ impl ProxyError {
     }
 
     fn retry_after(&self) -> Option<u32> {
-        matches!(self, ProxyError::Overloaded { .. }).then_some(1)
+        matches!(
+            self,
+            ProxyError::Overloaded { .. } | ProxyError::ServiceOverloaded { .. }
+        )
+        .then_some(1)
     }
 }
 

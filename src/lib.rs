@@ -430,6 +430,7 @@ mod tests {
             retry: Default::default(),
             operation_versions: Vec::new(),
             intercept: Vec::new(),
+            max_concurrent_requests: None,
         };
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();

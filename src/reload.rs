@@ -9,9 +9,10 @@
 //! error keeps the running configuration and key pair, is logged with the reason and counted
 //! (`config_reloads_total{result="failed"}`). A request keeps the stack it arrived on to the
 //! end. What only a restart applies (listener addresses and the other `[server]` keys but the
-//! two limits, `[audit]`, `[telemetry]`, `[emulator]`) is named in a warning when it changed
-//! and otherwise kept as running. Kubernetes updates a mounted Secret or ConfigMap by swapping
-//! a `..data` symlink, so a change is detected by the resolved path as well as size and mtime.
+//! two limits and `require_header`, `[audit]`, `[telemetry]`, `[emulator]`) is named in a
+//! warning when it changed and otherwise kept as running. Kubernetes updates a mounted Secret
+//! or ConfigMap by swapping a `..data` symlink, so a change is detected by the resolved path as
+//! well as size and mtime.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -142,17 +143,18 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
             old.server.admin_listen, new.server.admin_listen
         ));
     }
-    // The rest of [server] but the two limits the stack holds.
+    // The rest of [server] but what the stack holds: the two limits and the required header.
     let rest = |c: &Config| config::ServerConfig {
         listen: old.server.listen.clone(),
         admin_listen: old.server.admin_listen,
         max_concurrent_requests: 0,
         max_inspected_body_bytes: 0,
+        require_header: None,
         ..c.server.clone()
     };
     if rest(old) != rest(new) {
         out.push(
-            "[server] keys other than max_concurrent_requests and max_inspected_body_bytes".into(),
+            "[server] keys other than max_concurrent_requests, max_inspected_body_bytes and require_header".into(),
         );
     }
     for (key, changed) in [
@@ -375,6 +377,7 @@ mod tests {
         assert!(kept(&load("", "", "timeout = \"9s\"")).is_empty());
         assert!(kept(&load("", "", "allow = [\"GET /v1/images\"]")).is_empty());
         assert!(kept(&load("max_concurrent_requests = 7", "", "")).is_empty());
+        assert!(kept(&load("require_header = \"X-Scp-Proxy\"", "", "")).is_empty());
         // What it does not.
         assert_eq!(
             kept(&load("listen = \"127.0.0.1:8081\"", "", "")),

@@ -168,6 +168,13 @@ impl<T: Destination> Routes<T> {
         {
             return Err(ProxyError::AbsoluteForm);
         }
+        // `OPTIONS *` / `GET *` address the server, not a resource: no service has a path
+        // `*`, and forwarding it unrouted would sign a request the client did not aim anywhere.
+        if req.uri().path() == "*" {
+            return Err(ProxyError::AsteriskForm {
+                method: req.method().to_string(),
+            });
+        }
         let uri = req.uri();
         let split = self
             .split(uri.path(), uri.query())

@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{Config, ServiceConfig, Upstream};
 use crate::forward::{client_for, Egress, Endpoint, HttpClient, TlsSetupError};
+use crate::layers::limit::ServiceShare;
 use crate::metrics::{Metrics, RuleLabel};
 use crate::policy::allowlist::Allowlist;
 use crate::route::{self, Destination, Routed, Routes};
@@ -41,6 +42,8 @@ pub struct Target {
     pub client: HttpClient,
     /// `services.NAME.retry`, with the service's retry budget.
     pub retry: crate::layers::retry::RetryPolicy,
+    /// `services.NAME.max_concurrent_requests`: this service's share of requests in flight.
+    pub(crate) share: Option<ServiceShare>,
 }
 
 impl fmt::Debug for Target {
@@ -158,6 +161,7 @@ impl Target {
             image_import,
             client,
             retry,
+            share: config.max_concurrent_requests.map(ServiceShare::new),
             config,
         })
     }

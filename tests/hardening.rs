@@ -314,3 +314,298 @@ async fn request_ids_and_log_values_cannot_forge_a_text_access_line() {
         "{audit}"
     );
 }
+
+/// Names the upstream must never receive from a client, in any spelling.
+fn folds_to(name: &str, target: &str) -> bool {
+    name.replace('_', "-").eq_ignore_ascii_case(target)
+}
+
+async fn in_process(
+    extra: &str,
+) -> (
+    RecordingUpstream,
+    scp_auth_proxy::Running,
+    tempfile::TempDir,
+) {
+    let up = RecordingUpstream::start(SECRET).await;
+    let (cfg, dir) = config_from(&basic_toml(&up.base(), "acct", extra));
+    let proxy = start_proxy(cfg).await;
+    (up, proxy, dir)
+}
+
+fn h2_client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+#[tokio::test]
+async fn version_header_spelled_with_underscores_never_reaches_the_upstream() {
+    let (up, proxy, _d) = in_process("").await;
+    for (proto, client) in [("HTTP/1.1", client()), ("h2", h2_client())] {
+        let before = up.count();
+        // A different version in another spelling: it is the client's version, so refused.
+        for spelling in ["scp_api-version", "Scp-Api_Version", "SCP_API_VERSION"] {
+            let req = http::Request::get(format!("http://{}/v1/images", proxy.addr))
+                .header(spelling, "virtualserver 1.2")
+                .body(body(bytes::Bytes::new()))
+                .unwrap();
+            let (status, _, b) = send(&client, req).await;
+            assert_eq!(status, 400, "{proto} {spelling}: {b:?}");
+            assert_eq!(error_code(&b), "api_version_mismatch", "{proto} {spelling}");
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            let m = v["message"].as_str().unwrap();
+            assert!(
+                m.contains("virtualserver 1.2") && m.contains("virtualserver 1.3"),
+                "{m}"
+            );
+        }
+        // Beside the right one: two version headers, refused too.
+        let req = http::Request::get(format!("http://{}/v1/images", proxy.addr))
+            .header("scp-api-version", "virtualserver 1.3")
+            .header("scp_api-version", "virtualserver 1.2")
+            .body(body(bytes::Bytes::new()))
+            .unwrap();
+        let (status, _, b) = send(&client, req).await;
+        assert_eq!(status, 400, "{proto}: {b:?}");
+        assert_eq!(error_code(&b), "api_version_mismatch");
+        assert_eq!(
+            up.count(),
+            before,
+            "{proto}: a refused request reached the upstream"
+        );
+
+        // The pinned version in another spelling passes, as the one pinned header.
+        let req = http::Request::get(format!("http://{}/v1/images", proxy.addr))
+            .header("scp_api-version", "virtualserver 1.3")
+            .header("Scp_Signature", "forged")
+            .header("scp_accesskey", "forged")
+            .header("x_auth_token", "forged")
+            .header("proxy_authorization", "Basic Zm9v")
+            .header("keep_alive", "timeout=1")
+            .body(body(bytes::Bytes::new()))
+            .unwrap();
+        let (status, _, b) = send(&client, req).await;
+        assert_eq!(status, 200, "{proto}: {b:?}");
+        let r = up.requests().pop().unwrap();
+        assert!(r.signature_ok, "{proto}");
+        let versions: Vec<_> = r
+            .headers
+            .keys()
+            .filter(|k| folds_to(k.as_str(), "scp-api-version"))
+            .collect();
+        assert_eq!(versions, ["scp-api-version"], "{proto}: {:?}", r.headers);
+        let values: Vec<_> = r.headers.get_all("scp-api-version").iter().collect();
+        assert_eq!(values, ["virtualserver 1.3"], "{proto}");
+        for k in r.headers.keys() {
+            let k = k.as_str();
+            assert!(
+                !k.contains('_')
+                    && !folds_to(k, "keep-alive")
+                    && !folds_to(k, "proxy-authorization"),
+                "{proto}: {k} reached the upstream"
+            );
+        }
+        assert_eq!(r.headers.get_all("scp-signature").iter().count(), 1);
+        assert_ne!(r.headers["scp-signature"], "forged");
+        assert_eq!(r.headers["scp-accesskey"], ACCESS_KEY);
+        assert!(!r.headers.contains_key("x-auth-token"));
+    }
+    // Raw HTTP/1 bytes, as the adversarial run sent them.
+    let before = up.count();
+    let out = raw(
+        proxy.addr,
+        b"GET /v1/images HTTP/1.1\r\nHost: x\r\nscp_api-version: virtualserver 1.2\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("api_version_mismatch"), "{out}");
+    assert_eq!(up.count(), before);
+}
+
+#[tokio::test]
+async fn asterisk_form_is_refused_with_json_on_every_service() {
+    let (up, proxy, _d) = in_process("").await;
+    // No default service: without the check, `*` would be a 404 no_route; it is a 400 first.
+    let up2 = RecordingUpstream::start(SECRET).await;
+    let toml =
+        basic_toml(&up2.base(), "acct", "").replace("default_service = \"virtualserver\"", "");
+    let (cfg, _d2) = config_from(&toml);
+    let no_default = start_proxy(cfg).await;
+    for addr in [proxy.addr, no_default.addr] {
+        for method in ["OPTIONS", "GET", "POST", "DELETE"] {
+            let out = raw(
+                addr,
+                format!("{method} * HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            assert!(out.starts_with("HTTP/1.1 400"), "{method} *: {out}");
+            let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let v: serde_json::Value =
+                serde_json::from_str(body).unwrap_or_else(|_| panic!("{out}"));
+            assert_eq!(v["code"], "asterisk_form_target", "{out}");
+            assert!(
+                v["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("{method} *")),
+                "{out}"
+            );
+        }
+    }
+    assert_eq!(
+        up.count() + up2.count(),
+        0,
+        "an asterisk-form request was forwarded"
+    );
+    // A path that merely contains `*` is a path.
+    let (status, _, _) = send(&client(), get(proxy.addr, "/v1/images/*")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn require_header_refuses_requests_without_it_and_never_forwards_it() {
+    let up = RecordingUpstream::start(SECRET).await;
+    let toml = basic_toml(&up.base(), "acct", "").replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"127.0.0.1:0\"\nrequire_header = \"X-Scp-Proxy\"",
+    );
+    let (cfg, _d) = config_from(&toml);
+    let proxy = start_proxy(cfg).await;
+    for (proto, client) in [("HTTP/1.1", client()), ("h2", h2_client())] {
+        // As a forged URL fetch would send it: no custom header (another spelling is not it).
+        for extra in [None, Some("x_scp_proxy"), Some("x-scp-proxy-not")] {
+            let mut req = http::Request::get(format!("http://{}/v1/images", proxy.addr));
+            if let Some(h) = extra {
+                req = req.header(h, "1");
+            }
+            let (status, headers, b) =
+                send(&client, req.body(body(bytes::Bytes::new())).unwrap()).await;
+            assert_eq!(status, 412, "{proto} {extra:?}: {b:?}");
+            assert_eq!(headers["content-type"], "application/json");
+            assert_eq!(error_code(&b), "missing_required_header", "{proto}");
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            assert!(
+                v["message"].as_str().unwrap().contains("x-scp-proxy"),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            up.count(),
+            0,
+            "{proto}: a request without the header was forwarded"
+        );
+    }
+    for (proto, client) in [("HTTP/1.1", client()), ("h2", h2_client())] {
+        let req = http::Request::get(format!("http://{}/v1/images", proxy.addr))
+            .header("X-Scp-Proxy", "1")
+            .header("x_scp_proxy", "1")
+            .body(body(bytes::Bytes::new()))
+            .unwrap();
+        let (status, _, b) = send(&client, req).await;
+        assert_eq!(status, 200, "{proto}: {b:?}");
+        let r = up.requests().pop().unwrap();
+        assert!(r.signature_ok);
+        assert!(
+            r.headers
+                .keys()
+                .all(|k| !folds_to(k.as_str(), "x-scp-proxy")),
+            "{proto}: {:?}",
+            r.headers
+        );
+    }
+    // The admin listener is not the data plane: probes need no header.
+    let out = raw(
+        proxy.admin_addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+/// An upstream that accepts connections and never answers; dropped with the test's runtime.
+async fn hanging_upstream() -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            *count.lock().unwrap() += 1;
+            held.push(s);
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_service_fills_only_its_own_share() {
+    let up = RecordingUpstream::start(SECRET).await;
+    let (hang, accepted) = hanging_upstream().await;
+    let toml = basic_toml(
+        &up.base(),
+        "acct",
+        &format!(
+            "[services.hanging]\nupstream = \"http://{hang}\"\napi_version = \"1.0\"\ntimeout = \"30s\"\nmax_concurrent_requests = 3\n"
+        ),
+    )
+    .replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"127.0.0.1:0\"\nmax_concurrent_requests = 5",
+    );
+    let (cfg, _d) = config_from(&toml);
+    let proxy = start_proxy(cfg).await;
+    let c = client();
+    let mut stuck = Vec::new();
+    for i in 0..3 {
+        let c = c.clone();
+        let addr = proxy.addr;
+        stuck.push(tokio::spawn(async move {
+            c.request(get(addr, &format!("/hanging/v1/x{i}"))).await
+        }));
+    }
+    // Bounded wait until the three are at the hanging upstream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *accepted.lock().unwrap() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "hanging upstream saw {}",
+            accepted.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its share is full: the next one is refused at once, naming the service.
+    let started = Instant::now();
+    let (status, headers, b) = send(&c, get(proxy.addr, "/hanging/v1/more")).await;
+    assert_eq!(status, 503, "{b:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(error_code(&b), "overloaded");
+    assert_eq!(headers["retry-after"], "1");
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("hanging") && m.contains("services.hanging.max_concurrent_requests = 3"),
+        "{m}"
+    );
+    // The healthy service still has the global limit's other 2 permits, request after request.
+    for i in 0..10 {
+        let (status, _, b) = send(
+            &c,
+            get(proxy.addr, &format!("/virtualserver/v1/images?i={i}")),
+        )
+        .await;
+        assert_eq!(status, 200, "{b:?}");
+    }
+    // Two at once still fit beside the three stuck ones (global limit 5).
+    let (a, b2) = tokio::join!(
+        send(&c, get(proxy.addr, "/v1/slow/200")),
+        send(&c, get(proxy.addr, "/v1/slow/200"))
+    );
+    assert_eq!((a.0, b2.0), (http::StatusCode::OK, http::StatusCode::OK));
+    assert_eq!(up.count(), 12);
+    for t in stuck {
+        t.abort();
+    }
+}

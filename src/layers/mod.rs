@@ -9,6 +9,7 @@ pub mod explain;
 pub(crate) mod hygiene;
 pub(crate) mod image_import;
 pub(crate) mod limit;
+pub(crate) mod require_header;
 pub mod retry;
 pub mod sign;
 #[cfg(test)]

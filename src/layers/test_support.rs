@@ -37,6 +37,7 @@ pub fn service(name: &str) -> ServiceConfig {
         retry: Default::default(),
         operation_versions: Vec::new(),
         intercept: Vec::new(),
+        max_concurrent_requests: None,
     }
 }
 
