@@ -1,0 +1,634 @@
+//! The configuration's types: what the proxy runs with, and the sections as written.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------- raw (as written)
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) server: ServerConfig,
+    #[serde(default)]
+    pub(super) credentials: RawCredentials,
+    #[serde(default)]
+    pub(super) routing: RoutingConfig,
+    #[serde(default)]
+    pub(super) services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    pub(super) emulator: EmulatorConfig,
+    #[serde(default)]
+    pub(super) audit: AuditConfig,
+    #[serde(default)]
+    pub(super) telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub(super) forward_proxy: ForwardProxyConfig,
+}
+
+/// `[telemetry]`: span export.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector (`http://127.0.0.1:4318`): spans go to `{endpoint}/v1/traces` (or
+    /// to the URL as written when it has a path). Unset: no spans are exported.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "scp-auth-proxy".into(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The URL spans are POSTed to, when export is on (validated at load).
+    pub fn traces_url(&self) -> Option<http::Uri> {
+        let e = self.otlp_endpoint.as_deref()?;
+        let uri: http::Uri = e.parse().ok()?;
+        if uri.path() == "/" {
+            format!("{}/v1/traces", e.trim_end_matches('/'))
+                .parse()
+                .ok()
+        } else {
+            Some(uri)
+        }
+    }
+}
+
+/// `[audit]`: where the per-request audit records go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Append records as JSON lines to this file instead of the log (target `audit`).
+    pub file: Option<PathBuf>,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Data plane: `HOST:PORT`, or `unix:/ABSOLUTE/PATH` for a Unix socket. Loopback by
+    /// default: only the pod (or laptop) itself may send.
+    pub listen: ListenAddr,
+    /// Permissions of the Unix socket file (`server.listen = "unix:..."`), octal; default
+    /// "0600" (the proxy's user only).
+    #[serde(with = "octal_mode", skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<u32>,
+    /// Client connections open at once; at the cap, accepting pauses. Default: sized from the
+    /// file-descriptor limit (raised to its hard limit at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_listen: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Keep accepting for this long after SIGTERM, while Kubernetes removes the pod from
+    /// endpoints.
+    #[serde(with = "duration")]
+    pub shutdown_delay: Duration,
+    /// Requests handled at once; above it: 503 `overloaded` with Retry-After.
+    pub max_concurrent_requests: usize,
+    /// Total size of a request's headers.
+    pub max_header_bytes: usize,
+    /// Time a client may take to send its request headers.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections from clients are closed after this.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Largest body read whole on routes the proxy inspects (image import).
+    pub max_inspected_body_bytes: usize,
+    /// At start of serving, read each service's live version list (unsigned `GET /`, 2s
+    /// timeout, in the background) and warn where it disagrees with the built-in catalog.
+    pub check_live_versions: bool,
+    /// `POST /quitquitquit` on the admin listener starts the graceful drain (for Jobs whose
+    /// main container has ended). Off by default: anyone who can reach the admin port could
+    /// stop the sidecar.
+    pub enable_quit: bool,
+    /// A header every data-plane request must carry (e.g. "X-Scp-Proxy"), else 412: a URL
+    /// fetch forged against loopback (SSRF) cannot add it. Not forwarded.
+    pub require_header: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            socket_mode: None,
+            max_connections: None,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            shutdown_grace: Duration::from_secs(25),
+            shutdown_delay: Duration::ZERO,
+            max_concurrent_requests: 1024,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_inspected_body_bytes: 64 * 1024,
+            check_live_versions: true,
+            enable_quit: false,
+            require_header: None,
+        }
+    }
+}
+
+/// Where the data plane listens: a TCP address, or a Unix socket (`unix:/ABSOLUTE/PATH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// The TCP address, when it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(a) => Some(*a),
+            ListenAddr::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                // The value is not quoted back: errors never echo file content.
+                return Err(
+                    "a Unix socket needs an absolute path, e.g. unix:/run/scp-auth-proxy/proxy.sock"
+                        .into(),
+                );
+            }
+            return Ok(ListenAddr::Unix(path));
+        }
+        s.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| "is not HOST:PORT (e.g. 127.0.0.1:8080) or unix:/ABSOLUTE/PATH".into())
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Octal file modes written as strings ("0660").
+pub(super) mod octal_mode {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let s = String::deserialize(d)?;
+        match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+            Ok(m) if m <= 0o777 => Ok(Some(m)),
+            // The value is not quoted back: errors never echo file content.
+            _ => Err(serde::de::Error::custom(
+                "is not an octal file mode such as \"0660\"",
+            )),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(m) => s.serialize_str(&format!("{m:04o}")),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCredentials {
+    /// How often key files are checked for changes ("0s": only on SIGHUP).
+    #[serde(with = "duration")]
+    pub(super) watch_interval: Duration,
+    pub(super) access_key: Option<String>,
+    pub(super) access_key_file: Option<PathBuf>,
+    pub(super) secret_key_file: Option<PathBuf>,
+    pub(super) account_id: String,
+    pub(super) client_type: String,
+}
+
+impl Default for RawCredentials {
+    fn default() -> Self {
+        Self {
+            watch_interval: Duration::from_secs(2),
+            access_key: None,
+            access_key_file: None,
+            secret_key_file: None,
+            account_id: String::new(),
+            client_type: "Openapi".into(),
+        }
+    }
+}
+
+/// `[routing]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Service for paths whose first segment names no configured service.
+    pub default_service: Option<String>,
+    /// Rewrite the IAM endpoint catalog (`GET /v1/endpoints`) so that the URLs of configured
+    /// services point at the proxy.
+    pub rewrite_endpoint_catalog: bool,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            default_service: None,
+            rewrite_endpoint_catalog: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    #[serde(default)]
+    pub(super) upstream: Option<String>,
+    #[serde(default)]
+    pub(super) api_version: Option<String>,
+    #[serde(default)]
+    pub(super) region: Option<String>,
+    #[serde(default = "default_timeout", with = "duration")]
+    pub(super) timeout: Duration,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) allow_unsupported_version: bool,
+    #[serde(default)]
+    pub(super) retry: RetryConfig,
+    #[serde(default = "default_body_idle_timeout", with = "duration")]
+    pub(super) body_idle_timeout: Duration,
+    #[serde(default = "default_max_idle_connections")]
+    pub(super) max_idle_connections: usize,
+    /// `"METHOD /path" = "MAJOR.MINOR"`.
+    #[serde(default)]
+    pub(super) operation_versions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) intercept: Vec<String>,
+    /// This service's share of requests in flight (a bulkhead), beside the global limit.
+    #[serde(default)]
+    pub(super) max_concurrent_requests: Option<usize>,
+}
+
+/// `[services.NAME.retry]`: re-signed retries of failed attempts.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 turns retries off.
+    pub max_attempts: u32,
+    /// Retries may add at most this share of the service's requests (plus a small reserve).
+    pub budget_percent: u32,
+    /// The first retry waits between half of this and this; each next one twice as long.
+    #[serde(with = "duration")]
+    pub backoff: Duration,
+    /// Operations with other methods than GET, HEAD and OPTIONS that may be retried too, as
+    /// allowlist rules (`"POST /v1/images/*/import"`).
+    pub operations: Vec<String>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 2,
+            budget_percent: 20,
+            backoff: Duration::from_millis(50),
+            operations: Vec::new(),
+        }
+    }
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_body_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_idle_connections() -> usize {
+    32
+}
+
+/// `[emulator]`: the built-in SCP emulator, for the `dev` profile.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmulatorConfig {
+    /// Start the emulator inside the proxy on a loopback port and send every service to it,
+    /// with throwaway credentials shared in memory.
+    pub in_process: bool,
+    /// Where the in-process emulator listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// How long an import takes to go Queued -> Importing -> Active.
+    #[serde(with = "duration")]
+    pub import_delay: Duration,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            in_process: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            import_delay: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `[forward_proxy]`: the opt-in HTTP forward-proxy listener (`HTTPS_PROXY` for unchanged
+/// tools). Off unless `listen` is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardProxyConfig {
+    /// Where the forward proxy listens, e.g. "127.0.0.1:8443"; unset: no forward proxy.
+    pub listen: Option<SocketAddr>,
+    /// PEM CA certificate that signs the per-host leaf certificates (with `ca_key_file`).
+    pub ca_cert_file: Option<PathBuf>,
+    /// PEM PKCS#8 private key of `ca_cert_file`; must not be readable by group or others.
+    pub ca_key_file: Option<PathBuf>,
+    /// Where to write the CA certificate (public part only) at start.
+    pub ca_cert_out: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------- validated
+
+/// The validated configuration the proxy runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub credentials: CredentialsConfig,
+    pub routing: RoutingConfig,
+    pub services: Vec<ServiceConfig>,
+    pub emulator: EmulatorConfig,
+    pub audit: AuditConfig,
+    pub telemetry: TelemetryConfig,
+    pub forward_proxy: ForwardProxyConfig,
+    /// Human-readable list of the files that were read, for messages.
+    pub sources: Vec<PathBuf>,
+}
+
+/// `[credentials]`, validated. The secret itself is never part of `Config`.
+#[derive(Clone, Debug)]
+pub struct CredentialsConfig {
+    /// How often key files are checked for changes (zero: only on SIGHUP).
+    pub watch_interval: Duration,
+    pub access_key: Option<String>,
+    pub access_key_file: Option<PathBuf>,
+    pub secret_key_file: Option<PathBuf>,
+    pub account_id: String,
+    pub client_type: String,
+}
+
+/// One `[services.NAME]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub upstream: Upstream,
+    pub api_version: String,
+    pub region: Option<String>,
+    /// From the end of the request body to the response headers.
+    pub timeout: Duration,
+    /// A request or response body that moves no byte for this long fails.
+    pub body_idle_timeout: Duration,
+    /// Idle pooled connections kept to the upstream.
+    pub max_idle_connections: usize,
+    pub ca_file: Option<PathBuf>,
+    pub allow: Option<Vec<String>>,
+    pub allow_unsupported_version: bool,
+    pub retry: RetryConfig,
+    /// `[services.NAME.operation_versions]`, in the order they are tried: the first whose rule
+    /// matches a request gives its pin; none: `api_version`.
+    pub operation_versions: Vec<OperationVersion>,
+    /// Extra public authorities (`host:port`, lower-case) the forward proxy intercepts for this
+    /// service, besides its upstream's own.
+    pub intercept: Vec<http::uri::Authority>,
+    /// At most this many requests to this service at once (None: only the global limit).
+    pub max_concurrent_requests: Option<usize>,
+}
+
+/// One `[services.NAME.operation_versions]` entry: requests matching `rule` are pinned to
+/// `version` instead of the service's `api_version`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationVersion {
+    pub rule: crate::policy::allowlist::Rule,
+    /// `MAJOR.MINOR`
+    pub version: String,
+}
+
+impl ServiceConfig {
+    /// The pin that applies to `method` on the service-relative raw `path`: the first matching
+    /// operation pin, else the service's (`None`).
+    pub fn operation_pin(&self, method: &str, path: &str) -> Option<&OperationVersion> {
+        self.operation_versions
+            .iter()
+            .find(|o| o.rule.matches(method, path))
+    }
+
+    /// The config key a pin comes from, for messages: `services.NAME.api_version` or
+    /// `services.NAME.operation_versions."METHOD /path"`.
+    pub fn pin_key(&self, op: Option<&OperationVersion>) -> String {
+        self.pin_of(op).key()
+    }
+}
+
+/// `scheme://authority`, kept exactly as written: the signature covers these bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// `scheme://authority`
+    pub base: String,
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("{s:?} is not a URL; write it as https://HOST[:PORT]"))?;
+        let scheme = match scheme {
+            "https" => http::uri::Scheme::HTTPS,
+            "http" => http::uri::Scheme::HTTP,
+            other => {
+                return Err(format!(
+                    "scheme {other:?} is not supported; use https (or http for a local emulator)"
+                ))
+            }
+        };
+        let authority_str = rest.strip_suffix('/').unwrap_or(rest);
+        if authority_str.is_empty() || authority_str.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "{s:?} must be scheme://host[:port] only, with no path, query or user info"
+            ));
+        }
+        let authority: http::uri::Authority = authority_str
+            .parse()
+            .map_err(|e| format!("{authority_str:?} is not a valid host[:port]: {e}"))?;
+        // `Authority` accepts any text after the last ':'; a bad port would be signed and sent
+        // in Host while the connection silently used the default one.
+        let has_port = authority_str
+            .rsplit_once(':')
+            .is_some_and(|(_, tail)| !tail.contains(']'));
+        if has_port && authority.port_u16().is_none_or(|p| p == 0) {
+            return Err(format!(
+                "{authority_str:?} has an invalid port; use 1..65535"
+            ));
+        }
+        Ok(Self {
+            base: format!("{scheme}://{authority_str}"),
+            scheme,
+            authority,
+        })
+    }
+
+    /// `<service>.<region>.<env>.samsungsdscloud.com` -> (region, env); global services
+    /// (`iam.<env>...`) give no region.
+    pub fn scp_region_env(&self) -> (Option<String>, Option<String>) {
+        let host = self.authority.host();
+        let Some(prefix) = host.strip_suffix(".samsungsdscloud.com") else {
+            return (None, None);
+        };
+        let labels: Vec<&str> = prefix.split('.').collect();
+        match labels.as_slice() {
+            [_service, region, env] => (Some((*region).into()), Some((*env).into())),
+            [_service, env] => (None, Some((*env).into())),
+            _ => (None, None),
+        }
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
+    }
+}
+
+impl ServiceConfig {
+    /// The public authorities (`host:port`) the forward proxy accepts CONNECT for: the
+    /// upstream's own (port made explicit) and `intercept`.
+    pub fn public_authorities(&self) -> Vec<String> {
+        let up = &self.upstream;
+        let port = up
+            .authority
+            .port_u16()
+            .unwrap_or(if up.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        let mut all = vec![format!(
+            "{}:{port}",
+            up.authority.host().to_ascii_lowercase()
+        )];
+        for a in &self.intercept {
+            let a = a.as_str().to_owned();
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+        all
+    }
+
+    /// The SCP environment (`s`, `g`, `e`) when the upstream host tells it.
+    pub fn env(&self) -> Option<String> {
+        self.upstream.scp_region_env().1
+    }
+
+    /// The service's own pin (`api_version`) as the lifecycle checks see it.
+    pub fn pin(&self) -> crate::policy::lifecycle::Pin<'_> {
+        self.pin_of(None)
+    }
+
+    /// Every pin, in the order a request tries them: operation pins, then the service's.
+    pub fn pins(&self) -> impl Iterator<Item = crate::policy::lifecycle::Pin<'_>> {
+        self.operation_versions
+            .iter()
+            .map(|o| self.pin_of(Some(o)))
+            .chain(std::iter::once(self.pin()))
+    }
+
+    /// `op`'s pin (`None`: the service's own) as the lifecycle checks see it.
+    pub fn pin_of<'a>(
+        &'a self,
+        op: Option<&'a OperationVersion>,
+    ) -> crate::policy::lifecycle::Pin<'a> {
+        crate::policy::lifecycle::Pin {
+            service: &self.name,
+            version: op.map_or(&self.api_version, |o| &o.version),
+            waived: self.allow_unsupported_version,
+            upstream: &self.upstream.base,
+            op: op.map(|o| &o.rule),
+            has_operation_pins: !self.operation_versions.is_empty(),
+        }
+    }
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Points every service at `base` (the in-process emulator).
+    pub fn redirect_upstreams(&mut self, base: &str) -> Result<(), String> {
+        let up = Upstream::parse(base)?;
+        for s in &mut self.services {
+            s.upstream = up.clone();
+        }
+        Ok(())
+    }
+}
+
+/// Durations written as "30s", "500ms", "2m".
+pub(super) mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        // The value is not quoted back: errors never echo file content.
+        humantime::parse_duration(&s)
+            .map_err(|_| serde::de::Error::custom("is not a duration such as \"30s\" or \"500ms\""))
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}

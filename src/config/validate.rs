@@ -1,0 +1,481 @@
+//! Checks serde cannot make alone: ranges, files, and keys that depend on each other.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+
+use super::load::require_file;
+use super::model::*;
+use super::ConfigError;
+
+/// Upper bound for `retry.max_attempts`.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Upper bound for every duration setting.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Upper bound for `server.max_concurrent_requests` (tokio's semaphore takes far more, but no
+/// sidecar needs more than this).
+const MAX_CONCURRENT: usize = 1_000_000;
+
+pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Config, ConfigError> {
+    let raw: RawConfig = fig.extract()?;
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.to_string(),
+        origin: origin_of(fig, key),
+        message,
+    };
+
+    if raw.services.is_empty() {
+        return Err(invalid(
+            "services",
+            "no service is configured; add e.g. [services.virtualserver] with upstream and api_version".into(),
+        ));
+    }
+    let in_process = raw.emulator.in_process;
+    let mut services = Vec::with_capacity(raw.services.len());
+    for (name, s) in raw.services {
+        let key = |field: &str| format!("services.{name}.{field}");
+        if !is_service_name(&name) {
+            return Err(invalid(
+                &format!("services.{name}"),
+                "service names are lower-case letters, digits, '-' and '_'".into(),
+            ));
+        }
+        let upstream = match (&s.upstream, in_process) {
+            (Some(u), _) => Upstream::parse(u).map_err(|m| invalid(&key("upstream"), m))?,
+            // The in-process emulator replaces it at start.
+            (None, true) => Upstream::parse("http://127.0.0.1:1").map_err(|m| invalid(&key("upstream"), m))?,
+            (None, false) => {
+                return Err(invalid(
+                    &key("upstream"),
+                    format!("missing; set it to the service endpoint, e.g. https://{name}.kr-west1.e.samsungsdscloud.com"),
+                ))
+            }
+        };
+        let api_version = s.api_version.ok_or_else(|| {
+            invalid(
+                &key("api_version"),
+                "missing; pin the API version as \"MAJOR.MINOR\", e.g. \"1.3\"".into(),
+            )
+        })?;
+        if !is_major_minor(&api_version) {
+            return Err(invalid(
+                &key("api_version"),
+                format!("{api_version:?} is not MAJOR.MINOR (e.g. \"1.3\")"),
+            ));
+        }
+        let region = s.region.or_else(|| upstream.scp_region_env().0);
+        if let Some(r) = &region {
+            if r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid(
+                    &key("region"),
+                    format!("{r:?} is not a region such as kr-west1"),
+                ));
+            }
+        }
+        if s.timeout.is_zero() || s.timeout > MAX_DURATION {
+            return Err(invalid(
+                &key("timeout"),
+                "must be more than 0s and at most 1day".into(),
+            ));
+        }
+        if s.body_idle_timeout.is_zero() || s.body_idle_timeout > MAX_DURATION {
+            return Err(invalid(
+                &key("body_idle_timeout"),
+                "must be more than 0s and at most 1day".into(),
+            ));
+        }
+        if s.max_idle_connections > MAX_CONCURRENT {
+            return Err(invalid(
+                &key("max_idle_connections"),
+                format!("must be at most {MAX_CONCURRENT}"),
+            ));
+        }
+        if let Some(ca) = &s.ca_file {
+            require_file(ca).map_err(|e| invalid(&key("ca_file"), e.to_string()))?;
+        }
+        if let Some(rules) = &s.allow {
+            for r in rules {
+                crate::policy::allowlist::Rule::parse(r).map_err(|m| invalid(&key("allow"), m))?;
+            }
+        }
+        let r = &s.retry;
+        if !(1..=MAX_ATTEMPTS).contains(&r.max_attempts) {
+            return Err(invalid(
+                &key("retry.max_attempts"),
+                format!("must be between 1 (no retries) and {MAX_ATTEMPTS}"),
+            ));
+        }
+        if r.budget_percent > 100 {
+            return Err(invalid(
+                &key("retry.budget_percent"),
+                "must be between 0 and 100".into(),
+            ));
+        }
+        if r.backoff > Duration::from_secs(10) {
+            return Err(invalid(&key("retry.backoff"), "must be at most 10s".into()));
+        }
+        for op in &r.operations {
+            crate::policy::allowlist::Rule::parse(op)
+                .map_err(|m| invalid(&key("retry.operations"), m))?;
+        }
+        let operation_versions = operation_versions(&s.operation_versions, s.allow.as_deref())
+            .map_err(|(op, m)| {
+                let k = match op {
+                    Some(op) => format!("{}.\"{op}\"", key("operation_versions")),
+                    None => key("operation_versions"),
+                };
+                ConfigError::Invalid {
+                    key: k,
+                    origin: origin_of(fig, &key("operation_versions")),
+                    message: m,
+                }
+            })?;
+        let mut intercept = Vec::with_capacity(s.intercept.len());
+        for a in &s.intercept {
+            intercept.push(parse_intercept(a).map_err(|m| invalid(&key("intercept"), m))?);
+        }
+        if let Some(n) = s.max_concurrent_requests {
+            if !(1..=MAX_CONCURRENT).contains(&n) {
+                return Err(invalid(
+                    &key("max_concurrent_requests"),
+                    format!("must be between 1 and {MAX_CONCURRENT}"),
+                ));
+            }
+        }
+        services.push(ServiceConfig {
+            intercept,
+            name,
+            upstream,
+            api_version,
+            region,
+            timeout: s.timeout,
+            body_idle_timeout: s.body_idle_timeout,
+            max_idle_connections: s.max_idle_connections,
+            ca_file: s.ca_file,
+            allow: s.allow,
+            allow_unsupported_version: s.allow_unsupported_version,
+            retry: s.retry,
+            operation_versions,
+            max_concurrent_requests: s.max_concurrent_requests,
+        });
+    }
+    if let Some(d) = &raw.routing.default_service {
+        if !services.iter().any(|s| &s.name == d) {
+            return Err(invalid(
+                "routing.default_service",
+                format!(
+                    "{d:?} is not a configured service (configured: {})",
+                    names(&services)
+                ),
+            ));
+        }
+    }
+    // One intercepted authority names one service: the forward proxy routes by it.
+    let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+    for svc in &services {
+        for a in &svc.intercept {
+            if let Some(other) = owners.insert(a.as_str(), &svc.name) {
+                return Err(invalid(
+                    &format!("services.{}.intercept", svc.name),
+                    format!("{a} is also in services.{other}.intercept; one authority can name one service"),
+                ));
+            }
+        }
+    }
+    let fp = raw.forward_proxy;
+    if fp.ca_cert_file.is_some() != fp.ca_key_file.is_some() {
+        return Err(invalid(
+            "forward_proxy.ca_key_file",
+            "set both forward_proxy.ca_cert_file and forward_proxy.ca_key_file, or neither (a CA is then generated in memory)".into(),
+        ));
+    }
+    for (k, f) in [
+        ("forward_proxy.ca_cert_file", &fp.ca_cert_file),
+        ("forward_proxy.ca_key_file", &fp.ca_key_file),
+    ] {
+        if let Some(f) = f {
+            require_file(f).map_err(|e| invalid(k, e.to_string()))?;
+        }
+    }
+    let server = raw.server;
+    if !(1..=MAX_CONCURRENT).contains(&server.max_concurrent_requests) {
+        return Err(invalid(
+            "server.max_concurrent_requests",
+            format!("must be between 1 and {MAX_CONCURRENT}"),
+        ));
+    }
+    if let Some(n) = server.max_connections {
+        if !(1..=MAX_CONCURRENT).contains(&n) {
+            return Err(invalid(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_CONCURRENT}"),
+            ));
+        }
+    }
+    if server.socket_mode.is_some() && server.listen.tcp().is_some() {
+        return Err(invalid(
+            "server.socket_mode",
+            "applies only to a Unix socket (server.listen = \"unix:/PATH\")".into(),
+        ));
+    }
+    // Zero would close every connection at once; beyond a day is a typo, and huge values
+    // overflow the clock.
+    for (key, value, min) in [
+        (
+            "server.header_read_timeout",
+            server.header_read_timeout,
+            Duration::from_secs(1),
+        ),
+        (
+            "server.idle_timeout",
+            server.idle_timeout,
+            Duration::from_secs(1),
+        ),
+        (
+            "server.shutdown_grace",
+            server.shutdown_grace,
+            Duration::ZERO,
+        ),
+        (
+            "server.shutdown_delay",
+            server.shutdown_delay,
+            Duration::ZERO,
+        ),
+    ] {
+        if value < min || value > MAX_DURATION {
+            return Err(invalid(
+                key,
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
+        }
+    }
+    if let Some(h) = &server.require_header {
+        if h.is_empty() || http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(invalid(
+                "server.require_header",
+                "must be a header name such as \"X-Scp-Proxy\"".into(),
+            ));
+        }
+    }
+    if server.max_header_bytes < 1024 {
+        return Err(invalid(
+            "server.max_header_bytes",
+            "must be at least 1024".into(),
+        ));
+    }
+    let c = raw.credentials;
+    if c.watch_interval > MAX_DURATION {
+        return Err(invalid(
+            "credentials.watch_interval",
+            "must be at most 1day (\"0s\" turns file watching off)".into(),
+        ));
+    }
+    // Signed as written but trimmed by receivers: surrounding spaces would fail every request.
+    let optional_ak = c.access_key.as_deref().unwrap_or("");
+    for (key, value) in [
+        ("credentials.client_type", c.client_type.as_str()),
+        ("credentials.account_id", c.account_id.as_str()),
+        ("credentials.access_key", optional_ak),
+    ] {
+        if value.trim() != value {
+            return Err(invalid(
+                key,
+                "has leading or trailing spaces; remove them".into(),
+            ));
+        }
+    }
+    if c.client_type.is_empty() || !is_header_safe(&c.client_type) {
+        return Err(invalid(
+            "credentials.client_type",
+            "must be a non-empty printable ASCII string".into(),
+        ));
+    }
+    if !is_header_safe(&c.account_id) {
+        return Err(invalid(
+            "credentials.account_id",
+            "must be printable ASCII".into(),
+        ));
+    }
+    if let Some(ak) = &c.access_key {
+        if !is_header_safe(ak) || ak.is_empty() {
+            return Err(invalid(
+                "credentials.access_key",
+                "must be a non-empty printable ASCII string".into(),
+            ));
+        }
+    }
+    if let Some(e) = &raw.telemetry.otlp_endpoint {
+        let ok = e
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && u.query().is_none()
+            })
+            .is_some();
+        if !ok {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                format!("{e:?} is not an http(s) URL; write the collector's OTLP/HTTP address, e.g. http://127.0.0.1:4318"),
+            ));
+        }
+    }
+    if raw.telemetry.service_name.is_empty() || raw.telemetry.service_name.len() > 128 {
+        return Err(invalid(
+            "telemetry.service_name",
+            "must be 1 to 128 characters".into(),
+        ));
+    }
+    Ok(Config {
+        server,
+        credentials: CredentialsConfig {
+            watch_interval: c.watch_interval,
+            access_key: c.access_key,
+            access_key_file: c.access_key_file,
+            secret_key_file: c.secret_key_file,
+            account_id: c.account_id,
+            client_type: c.client_type,
+        },
+        routing: raw.routing,
+        services,
+        emulator: raw.emulator,
+        audit: raw.audit,
+        telemetry: raw.telemetry,
+        forward_proxy: fp,
+        sources,
+    })
+}
+
+/// Parses and orders `[services.NAME.operation_versions]`. TOML tables have no order, so the
+/// proxy gives one: a pattern inside another is tried first; two that overlap otherwise would
+/// make the pin depend on an order nobody wrote, and are refused. A pattern no request can
+/// reach (CONNECT, which the proxy refuses, or outside every `allow` rule) is refused too.
+/// Errors name the entry (`Some(pattern)`) when there is one.
+pub(super) fn operation_versions(
+    raw: &BTreeMap<String, String>,
+    allow: Option<&[String]>,
+) -> Result<Vec<OperationVersion>, (Option<String>, String)> {
+    use crate::policy::allowlist::Rule;
+    let mut pins = Vec::with_capacity(raw.len());
+    for (pattern, version) in raw {
+        let at = |m: String| (Some(pattern.clone()), m);
+        let rule = Rule::parse(pattern).map_err(at)?;
+        if !is_major_minor(version) {
+            return Err(at(format!("{version:?} is not MAJOR.MINOR (e.g. \"1.0\")")));
+        }
+        if rule.method() == "CONNECT" {
+            return Err(at(
+                "no request can match it: the proxy refuses CONNECT".into()
+            ));
+        }
+        if let Some(allow) = allow {
+            let allowed: Vec<Rule> = allow.iter().filter_map(|r| Rule::parse(r).ok()).collect();
+            if !allowed.iter().any(|a| a.intersects(&rule)) {
+                return Err(at(format!(
+                    "no request can match it: the service's allow list ({allow:?}) refuses every request it names"
+                )));
+            }
+        }
+        pins.push(OperationVersion {
+            rule,
+            version: version.clone(),
+        });
+    }
+    for (i, a) in pins.iter().enumerate() {
+        for b in &pins[i + 1..] {
+            let (a_in_b, b_in_a) = (b.rule.covers(&a.rule), a.rule.covers(&b.rule));
+            if a_in_b && b_in_a {
+                return Err((
+                    Some(b.rule.text.clone()),
+                    format!(
+                        "matches exactly the requests of {:?}; keep one",
+                        a.rule.text
+                    ),
+                ));
+            }
+            if !a_in_b && !b_in_a && a.rule.intersects(&b.rule) {
+                return Err((
+                    Some(b.rule.text.clone()),
+                    format!(
+                        "overlaps {:?} and neither is inside the other, so which pin applies would depend on an order TOML does not keep; write them so no request matches both, or one inside the other (the inner one applies first)",
+                        a.rule.text
+                    ),
+                ));
+            }
+        }
+    }
+    // Inner patterns first: one covering fewer of the others comes earlier.
+    let covered = |p: &OperationVersion| pins.iter().filter(|o| p.rule.covers(&o.rule)).count();
+    let mut keyed: Vec<(usize, OperationVersion)> =
+        pins.iter().map(|p| (covered(p), p.clone())).collect();
+    keyed.sort_by(|(n, a), (m, b)| n.cmp(m).then_with(|| a.rule.text.cmp(&b.rule.text)));
+    Ok(keyed.into_iter().map(|(_, p)| p).collect())
+}
+
+/// `host[:port]` (port 443 when absent), lower-cased; no scheme, path or user info.
+pub(super) fn parse_intercept(s: &str) -> Result<http::uri::Authority, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not host:port (e.g. \"virtualserver.kr-west1.e.samsungsdscloud.com:443\")"
+        )
+    };
+    if s.is_empty() || s.contains(['/', '?', '#', '@', ' ']) {
+        return Err(bad());
+    }
+    let a: http::uri::Authority = s.to_ascii_lowercase().parse().map_err(|_| bad())?;
+    let has_port = s.rsplit_once(':').is_some_and(|(_, t)| !t.contains(']'));
+    match (has_port, a.port_u16()) {
+        (true, Some(p)) if p != 0 => Ok(a),
+        (true, _) => Err(bad()),
+        (false, _) => format!("{}:443", a.host()).parse().map_err(|_| bad()),
+    }
+}
+
+/// " (in FILE)" or " (from the environment)" for a key, when figment knows.
+fn origin_of(fig: &Figment, key: &str) -> String {
+    match fig.find_metadata(key) {
+        Some(md) => match &md.source {
+            Some(src) => format!(" (in {src})"),
+            None => format!(" (from {})", md.name),
+        },
+        None => String::new(),
+    }
+}
+
+fn names(services: &[ServiceConfig]) -> String {
+    services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+pub fn is_major_minor(s: &str) -> bool {
+    let Some((a, b)) = s.split_once('.') else {
+        return false;
+    };
+    let num = |x: &str| !x.is_empty() && x.len() <= 4 && x.bytes().all(|c| c.is_ascii_digit());
+    num(a) && num(b)
+}
+
+fn is_header_safe(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
