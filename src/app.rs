@@ -23,12 +23,14 @@ use hyper::body::Incoming;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::body::Body;
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::credentials::CredentialStore;
+use crate::endpoints::{self, EndpointMap};
 use crate::error::{ProxyError, RescueLayer};
 use crate::forward::{Egress, Forward};
 use crate::layers::allowlist::OperationAllowlistLayer;
 use crate::layers::audit::{AuditLayer, Sink};
+use crate::layers::endpoint_catalog::EndpointCatalogLayer;
 use crate::layers::explain::ExplainLayer;
 use crate::layers::hygiene::HeaderHygieneLayer;
 use crate::layers::image_import::ImageImportLayer;
@@ -62,6 +64,10 @@ pub struct ProxyParts {
     pub(crate) telemetry: Option<crate::telemetry::Exporter>,
     /// `server.require_header`: requests without it are refused (412).
     pub(crate) require_header: Option<http::HeaderName>,
+    /// Every service's upstream and its URL on the proxy, for the endpoint catalog rewrite;
+    /// `None` when `routing.rewrite_endpoint_catalog = false`. [`ProxyParts::set_listen`]
+    /// gives it the bound address.
+    pub(crate) endpoint_catalog: Option<Arc<EndpointMap>>,
 }
 
 impl ProxyParts {
@@ -87,7 +93,25 @@ impl ProxyParts {
                     TargetError::Routing(format!("server.require_header {h:?}: {e}"))
                 })?),
             },
+            endpoint_catalog: config.routing.rewrite_endpoint_catalog.then(|| {
+                let services = config
+                    .services
+                    .iter()
+                    .map(|s| (s.name.as_str(), &s.upstream, &s.intercept[..]));
+                let base = endpoints::proxy_base(&config.server.listen);
+                Arc::new(EndpointMap::new(services, base))
+            }),
         })
+    }
+
+    /// Points the endpoint catalog rewrite at where the data plane is bound (the configured
+    /// port may be 0); on a Unix socket, which no URL can name, plain-listener catalogs pass
+    /// as they are.
+    pub fn set_listen(&mut self, listen: &ListenAddr) {
+        self.endpoint_catalog = self
+            .endpoint_catalog
+            .as_ref()
+            .map(|map| Arc::new(map.with_base(endpoints::proxy_base(listen))));
     }
 }
 
@@ -161,6 +185,14 @@ where
             parts.credentials.clone(),
             parts.max_inspected_body_bytes,
         ))
+        // Below every policy, so only a catalog request that was allowed and pinned is
+        // rewritten, and a refusal is never read as a catalog; above retries, so the one
+        // final answer is read once; above signing, so its Accept-Encoding (no signed header)
+        // is set before the signature is made for what is sent.
+        .layer(EndpointCatalogLayer::new(
+            parts.endpoint_catalog.clone(),
+            parts.max_inspected_body_bytes,
+        ))
         // Below every policy, so it sees only upstream answers (never the proxy's own); above
         // signing, so a hint names what was sent and a retry's answers are explained once.
         .layer(ExplainLayer::new(
@@ -186,10 +218,20 @@ pub(crate) type Install = Arc<dyn Fn(&ProxyParts) + Send + Sync>;
 /// [`proxy_service`] behind a swappable pointer, and the function that swaps in a stack built
 /// from new parts (a reload). Each request takes the stack current when it arrives and keeps it
 /// to the end, so in-flight requests finish on the configuration they started with.
-pub(crate) fn reloadable_service(parts: &ProxyParts) -> (impl crate::server::HttpService, Install) {
+/// `parts` are the ones bound (see [`ProxyParts::set_listen`]); a reload keeps that address
+/// (listeners change on restart only), so reloaded parts are pointed at it too.
+pub(crate) fn reloadable_service(
+    parts: &ProxyParts,
+    listen: &ListenAddr,
+) -> (impl crate::server::HttpService, Install) {
     let current = Arc::new(ArcSwap::from_pointee(proxy_service(parts)));
     let target = current.clone();
-    let install: Install = Arc::new(move |p: &ProxyParts| target.store(Arc::new(proxy_service(p))));
+    let listen = listen.clone();
+    let install: Install = Arc::new(move |p: &ProxyParts| {
+        let mut p = p.clone();
+        p.set_listen(&listen);
+        target.store(Arc::new(proxy_service(&p)))
+    });
     (Swap { current }, install)
 }
 

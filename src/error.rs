@@ -73,6 +73,25 @@ pub enum UpstreamError {
         upstream: String,
         timeout: std::time::Duration,
     },
+    #[error("the endpoint catalog from {upstream} (service {service}) is larger than server.max_inspected_body_bytes ({limit} bytes), so it cannot be rewritten to point at the proxy; raise that limit, or set routing.rewrite_endpoint_catalog = false to pass the catalog on as it is")]
+    CatalogTooLarge {
+        service: String,
+        upstream: String,
+        limit: usize,
+    },
+    #[error("reading the endpoint catalog from {upstream} (service {service}) failed")]
+    CatalogRead {
+        service: String,
+        upstream: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{upstream} (service {service}) did not finish sending the endpoint catalog within {timeout:?} (services.{service}.timeout)")]
+    CatalogTimeout {
+        service: String,
+        upstream: String,
+        timeout: std::time::Duration,
+    },
 }
 
 impl From<Infallible> for ProxyError {
@@ -95,7 +114,9 @@ impl ProxyError {
             ProxyError::ClientBodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Policy(p) => p.status(),
-            ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(
+                UpstreamError::Timeout { .. } | UpstreamError::CatalogTimeout { .. },
+            ) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -117,6 +138,11 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             ProxyError::Upstream(UpstreamError::Failed { .. }) => "upstream_error",
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
+            ProxyError::Upstream(UpstreamError::CatalogTooLarge { .. }) => {
+                "endpoint_catalog_too_large"
+            }
+            ProxyError::Upstream(UpstreamError::CatalogRead { .. }) => "upstream_error",
+            ProxyError::Upstream(UpstreamError::CatalogTimeout { .. }) => "upstream_timeout",
         }
     }
 

@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod config;
 pub mod credentials;
 pub mod emulator;
+pub(crate) mod endpoints;
 pub(crate) mod env;
 pub mod error;
 pub mod forward;
@@ -202,7 +203,6 @@ pub async fn start_with_egress(
     parts.telemetry =
         telemetry::Exporter::start(&config.telemetry, &metrics).map_err(StartError::Telemetry)?;
     let spans = parts.telemetry.clone();
-    let (service, install) = app::reloadable_service(&parts);
     let listen_err = |source| StartError::Bind {
         addr: config.server.listen.clone(),
         key: "server.listen",
@@ -213,6 +213,12 @@ pub async fn start_with_egress(
         .map_err(listen_err)?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
     let listen = listener.local_addr().map_err(listen_err)?;
+    // The endpoint catalog points clients at the address bound, not the one configured.
+    parts.set_listen(&listen);
+    if config.routing.rewrite_endpoint_catalog && listen.tcp().is_none() {
+        tracing::info!(%listen, "endpoint catalog passed on as it is on this listener: its URLs cannot name a Unix socket");
+    }
+    let (service, install) = app::reloadable_service(&parts, &listen);
     let addr = listen
         .tcp()
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));

@@ -38,6 +38,8 @@ pub struct Target {
     pub allowlist: Option<AllowlistState>,
     /// Set on SCP's virtualserver, whose image import bodies are checked.
     pub image_import: Option<ImagePolicy>,
+    /// Set on SCP's IAM, which serves the endpoint catalog (`GET /v1/endpoints`).
+    pub serves_endpoint_catalog: bool,
     /// The pooled upstream client, connecting directly or through the egress proxy.
     pub client: HttpClient,
     /// `services.NAME.retry`, with the service's retry budget.
@@ -85,6 +87,19 @@ pub enum TargetError {
     Routing(String),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+}
+
+/// Whether a service is SCP's IAM, which serves the endpoint catalog: named `iam`, or its
+/// upstream host's first label is `iam`.
+pub fn serves_endpoint_catalog(svc: &ServiceConfig) -> bool {
+    svc.name == "iam"
+        || svc
+            .upstream
+            .authority
+            .host()
+            .split('.')
+            .next()
+            .is_some_and(|l| l.eq_ignore_ascii_case("iam"))
 }
 
 /// Whether a service is SCP's virtualserver: named `virtualserver` (the name the
@@ -149,6 +164,7 @@ impl Target {
             region: config.region.clone(),
             env: config.env(),
         });
+        let serves_endpoint_catalog = serves_endpoint_catalog(&config);
         let client = client_for(&config, egress)?;
         let retry = crate::layers::retry::RetryPolicy::new(&config.retry)
             .map_err(|m| invalid("retry.operations", m))?;
@@ -159,6 +175,7 @@ impl Target {
             operation_version_headers,
             allowlist,
             image_import,
+            serves_endpoint_catalog,
             client,
             retry,
             share: config.max_concurrent_requests.map(ServiceShare::new),

@@ -507,10 +507,18 @@ async fn version_list_is_unsigned_and_endpoint_catalog_is_signed() {
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
-    let proxy = proxy(&emu).await;
-    let r = call(&proxy, Method::GET, "/iam/v1/endpoints", None).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let v = r.json();
+    // Signed, straight from the emulator: itself for what it emulates, SCP for the rest.
+    let direct = send(signed(
+        &emu,
+        Method::GET,
+        "/v1/endpoints",
+        None,
+        SECRET,
+        SystemTime::now(),
+    ))
+    .await;
+    assert_eq!(direct.status, StatusCode::OK, "{}", direct.text());
+    let v = direct.json();
     let endpoints = v["endpoints"].as_array().unwrap();
     let vs = endpoints
         .iter()
@@ -520,9 +528,286 @@ async fn version_list_is_unsigned_and_endpoint_catalog_is_signed() {
     assert_eq!(vs["service_type"], "scp-virtualserver");
     assert_eq!(vs["region"], "kr-west1");
     assert!(endpoints.iter().any(|e| e["service_name"] == "iam"));
+    let vpc = endpoints
+        .iter()
+        .find(|e| e["service_name"] == "vpc")
+        .unwrap();
+    assert_eq!(vpc["url"], "https://vpc.kr-west1.e.samsungsdscloud.com");
+
+    let proxy = proxy(&emu).await;
     // The endpoint catalog belongs to iam: a virtualserver version there is another service's.
     let r = call(&proxy, Method::GET, "/v1/endpoints", None).await;
     assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE, "{}", r.text());
+}
+
+/// The proxy in front of `emu` (virtualserver and iam), with `routing` lines added.
+async fn proxy_routing(emu: &EmulatorHandle, routing: &str) -> Running {
+    let base = emu.base_url();
+    let (cfg, _dir) = TestConfig::new(&base)
+        .credentials(&format!(
+            "access_key = \"{AK}\"\naccount_id = \"{ACCOUNT}\""
+        ))
+        .routing(routing)
+        .add_service("iam", &base, "1.4")
+        .load();
+    let creds =
+        Credentials::from_parts(AK, SECRET.as_bytes(), ACCOUNT, CLIENT_TYPE, "test").unwrap();
+    scp_auth_proxy::start(cfg, creds)
+        .await
+        .expect("proxy starts")
+}
+
+/// Through the real listener: the catalog's URLs for virtualserver and iam point at the
+/// proxy's prefixes (the port bound, not the configured 0), vpc and dns stay and are named,
+/// and a client that follows the catalog gets its answer through the proxy, signed.
+#[tokio::test]
+async fn the_endpoint_catalog_keeps_clients_on_the_proxy() {
+    let emu = emulator().await;
+    let proxy = proxy_routing(&emu, "").await;
+    let r = call(&proxy, Method::GET, "/iam/v1/endpoints", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.headers["scp-proxy-unrouted"], "vpc,dns");
+    assert_eq!(r.headers["content-length"], r.body.len().to_string());
+    let v = r.json();
+    let url_of = |name: &str| {
+        v["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["service_name"] == name)
+            .and_then(|e| e["url"].as_str())
+            .unwrap_or_else(|| panic!("{name} not in {v}"))
+            .to_owned()
+    };
+    let at = format!("http://{}", proxy.addr);
+    assert_eq!(url_of("virtualserver"), format!("{at}/virtualserver"));
+    assert_eq!(url_of("iam"), format!("{at}/iam"));
+    assert_eq!(url_of("vpc"), "https://vpc.kr-west1.e.samsungsdscloud.com");
+    assert_eq!(url_of("dns"), "https://dns.kr-west1.e.samsungsdscloud.com");
+    // Every other byte is the emulator's: the rewritten body is its body with the URLs swapped.
+    let direct = send(signed(
+        &emu,
+        Method::GET,
+        "/v1/endpoints",
+        None,
+        SECRET,
+        SystemTime::now(),
+    ))
+    .await;
+    let quoted = |u: &str| format!("\"{u}\"");
+    let want = direct.text().replacen(
+        &quoted(&emu.base_url()),
+        &quoted(&url_of("virtualserver")),
+        1,
+    );
+    let want = want.replacen(&quoted(&emu.base_url()), &quoted(&url_of("iam")), 1);
+    assert_eq!(r.text(), want);
+
+    // Follow it: the SDK-style client calls the URL it was given.
+    let r = send(request(
+        Method::GET,
+        &format!("{}/v1/images/{DEMO_IMAGE_ID}", url_of("virtualserver")),
+        None,
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["id"], DEMO_IMAGE_ID);
+}
+
+/// `routing.rewrite_endpoint_catalog = false`: the catalog passes byte for byte, so its URLs
+/// are the emulator's own.
+#[tokio::test]
+async fn with_the_rewrite_off_the_catalog_passes_as_it_is() {
+    let emu = emulator().await;
+    let proxy = proxy_routing(&emu, "rewrite_endpoint_catalog = false").await;
+    let r = call(&proxy, Method::GET, "/iam/v1/endpoints", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.headers.get("scp-proxy-unrouted").is_none());
+    let direct = send(signed(
+        &emu,
+        Method::GET,
+        "/v1/endpoints",
+        None,
+        SECRET,
+        SystemTime::now(),
+    ))
+    .await;
+    assert_eq!(r.body, direct.body);
+    assert!(r
+        .text()
+        .contains(&format!("\"url\":\"{}\"", emu.base_url())));
+}
+
+/// curl with a deadline, no proxy from the environment; `-x FORWARD --cacert CA` when given.
+/// Returns (stdout, success).
+fn curl(forward: Option<(std::net::SocketAddr, &std::path::Path)>, url: &str) -> (String, bool) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"]);
+    if let Some((fwd, ca)) = forward {
+        cmd.arg("-x")
+            .arg(format!("http://{fwd}"))
+            .arg("--cacert")
+            .arg(ca);
+    }
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.arg(url).output().expect("curl runs (install curl)");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// curl's body and status (`-w '\n%{http_code}'`), the body parsed as JSON.
+fn curl_json(
+    forward: Option<(std::net::SocketAddr, &std::path::Path)>,
+    url: &str,
+) -> (Value, String) {
+    let (out, ok) = curl(forward, url);
+    assert!(ok, "curl {url}: {out}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (
+        serde_json::from_str(body).unwrap_or(Value::Null),
+        status.to_owned(),
+    )
+}
+
+fn urls(v: &Value) -> Vec<(String, String)> {
+    v["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints in {v}"))
+        .iter()
+        .map(|e| {
+            (
+                e["service_name"].as_str().unwrap().to_owned(),
+                e["url"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The real binary with both data-plane listeners in front of the standalone emulator: a
+/// client on the plain listener gets loopback prefixes (the port bound, and still after a
+/// SIGHUP reload); a client through the forward proxy (`HTTPS_PROXY`) gets the services'
+/// intercepted public names, never `http://127.0.0.1`, and following one stays in the tunnel.
+#[test]
+fn the_catalog_names_what_each_listener_reaches() {
+    const VS_HOST: &str = "virtualserver.kr-west1.e.samsungsdscloud.com";
+    const IAM_HOST: &str = "iam.e.samsungsdscloud.com";
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let secret_arg = secret.to_str().unwrap();
+    let emu = common::Proc::emulator(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--access-key",
+        AK,
+        "--secret-key-file",
+        secret_arg,
+        "--account-id",
+        ACCOUNT,
+    ]);
+    let ca = dir.path().join("ca.pem");
+    let emu_base = format!("http://{}", emu.addr);
+    let cfg = TestConfig::new(&emu_base)
+        .server("check_live_versions = false")
+        .secret_file(&secret)
+        .credentials(&format!(
+            "access_key = \"{AK}\"\naccount_id = \"{ACCOUNT}\"\nwatch_interval = \"0s\""
+        ))
+        .service(&format!("intercept = [\"{VS_HOST}:443\"]"))
+        .add_service("iam", &emu_base, "1.4")
+        .service(&format!("intercept = [\"{IAM_HOST}:443\"]"))
+        .raw(&format!(
+            "[forward_proxy]\nlisten = \"127.0.0.1:0\"\nca_cert_out = \"{}\"",
+            ca.display()
+        ))
+        .write(dir.path().join("proxy.toml"));
+    let p = common::Proc::start(&["--config", &cfg], &[]);
+    let fwd = p.forward_addr.expect("forward listener");
+    let emu_url = format!("http://{}", emu.addr);
+    let unrouted = [
+        (
+            "vpc".to_owned(),
+            "https://vpc.kr-west1.e.samsungsdscloud.com".to_owned(),
+        ),
+        (
+            "dns".to_owned(),
+            "https://dns.kr-west1.e.samsungsdscloud.com".to_owned(),
+        ),
+    ];
+
+    // Through the forward proxy: the public names it intercepts.
+    let (v, status) = curl_json(
+        Some((fwd, &ca)),
+        &format!("https://{IAM_HOST}/v1/endpoints"),
+    );
+    assert_eq!(status, "200", "{v}\n{}", p.log());
+    let got = urls(&v);
+    assert_eq!(
+        got[..2],
+        [
+            ("virtualserver".to_owned(), format!("https://{VS_HOST}")),
+            ("iam".to_owned(), format!("https://{IAM_HOST}")),
+        ],
+        "{v}"
+    );
+    assert_eq!(got[2..], unrouted);
+    assert!(!v.to_string().contains("127.0.0.1"), "{v}");
+    // Following it stays in the tunnel, signed there.
+    let (img, status) = curl_json(
+        Some((fwd, &ca)),
+        &format!("{}/v1/images/{DEMO_IMAGE_ID}", got[0].1),
+    );
+    assert_eq!(
+        (status.as_str(), &img["id"]),
+        ("200", &json!(DEMO_IMAGE_ID)),
+        "{img}"
+    );
+
+    // On the plain listener: loopback prefixes at the port bound (configured 0).
+    let plain = |p: &common::Proc| {
+        let (v, status) = curl_json(None, &format!("http://{}/iam/v1/endpoints", p.addr));
+        assert_eq!(status, "200", "{v}");
+        urls(&v)
+    };
+    let want = [
+        (
+            "virtualserver".to_owned(),
+            format!("http://{}/virtualserver", p.addr),
+        ),
+        ("iam".to_owned(), format!("http://{}/iam", p.addr)),
+    ];
+    let got = plain(&p);
+    assert_eq!(got[..2], want);
+    assert_eq!(got[2..], unrouted);
+    assert!(!got.iter().any(|(_, u)| u.starts_with(&emu_url)), "{got:?}");
+
+    // A reload builds a new stack from the configured `listen` (port 0); the catalog must
+    // still name the bound one.
+    p.signal("HUP");
+    assert!(
+        common::poll_until_blocking(Duration::from_secs(10), || p
+            .log()
+            .contains("configuration and key pair reloaded")
+            .then_some(()))
+        .is_some(),
+        "no reload: {}",
+        p.log()
+    );
+    let got = plain(&p);
+    assert_eq!(got[..2], want, "after reload");
 }
 
 // ---------------------------------------------------------------- images through the proxy

@@ -11,7 +11,8 @@
 //!   (`limit`, `marker`, `name`), `GET|DELETE /v1/images/{id}`, `POST /v1/images/{id}/import`.
 //! * A demo server's security groups ([`servers`]): `POST /v1/servers/{id}/security-groups`,
 //!   `DELETE /v1/servers/{id}/security-groups/{sg}`.
-//! * The IAM endpoint catalog, `GET /v1/endpoints`, listing the emulator itself.
+//! * The IAM endpoint catalog, `GET /v1/endpoints`, listing the emulator itself for virtualserver
+//!   and iam, and SCP's own URLs for two services it does not emulate ([`NOT_EMULATED`]).
 //!
 //! Errors use SCP's shape, `{"errors":[{"code","title","detail","status","request_id"}]}`.
 //! The secret key never appears in a response, a log line or `Debug` output.
@@ -71,6 +72,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The services the emulator answers for; all share its one address.
 const VIRTUALSERVER: &str = "virtualserver";
 const IAM: &str = "iam";
+/// Services the endpoint catalog lists at SCP's URLs, not the emulator's.
+pub const NOT_EMULATED: [&str; 2] = ["vpc", "dns"];
 
 /// Where the secret key the emulator accepts comes from.
 pub enum SecretSource {
@@ -605,17 +608,27 @@ impl Emulator {
 
     fn endpoints(&self, parts: &http::request::Parts) -> serde_json::Value {
         let url = self.base_url(parts);
-        let endpoints: Vec<_> = [VIRTUALSERVER, IAM]
-            .into_iter()
-            .map(|name| {
-                serde_json::json!({
-                    "region": self.opts.region,
-                    "service_type": format!("scp-{name}"),
-                    "service_name": name,
-                    "url": url,
-                })
+        let region = &self.opts.region;
+        let entry = |name: &str, url: String| {
+            serde_json::json!({
+                "region": region,
+                "service_type": format!("scp-{name}"),
+                "service_name": name,
+                "url": url,
             })
+        };
+        // Itself for the services it emulates; like SCP's, the list also names services a
+        // client may not use (here with their real URLs, which the emulator does not serve).
+        let mut endpoints: Vec<_> = [VIRTUALSERVER, IAM]
+            .into_iter()
+            .map(|name| entry(name, url.clone()))
             .collect();
+        for name in NOT_EMULATED {
+            endpoints.push(entry(
+                name,
+                format!("https://{name}.{region}.e.samsungsdscloud.com"),
+            ));
+        }
         serde_json::json!({ "endpoints": endpoints })
     }
 }

@@ -5,6 +5,7 @@
 
 pub(crate) mod allowlist;
 pub(crate) mod audit;
+pub(crate) mod endpoint_catalog;
 pub mod explain;
 pub(crate) mod hygiene;
 pub(crate) mod image_import;
