@@ -24,8 +24,9 @@ fn manifest(rel: &str) -> String {
         .to_string()
 }
 
-/// The proxy binary with `--profile dev` (every service on the in-process emulator).
-fn dev_proxy() -> common::Proc {
+/// The proxy binary with `--profile dev` (every service on the in-process emulator), with
+/// `envs` (`SCP_PROXY_` overrides).
+fn dev_proxy_with(envs: &[(&str, &str)]) -> common::Proc {
     common::Proc::start(
         &[
             "--profile",
@@ -37,8 +38,27 @@ fn dev_proxy() -> common::Proc {
             "--admin-listen",
             "127.0.0.1:0",
         ],
-        &[],
+        envs,
     )
+}
+
+fn dev_proxy() -> common::Proc {
+    dev_proxy_with(&[])
+}
+
+/// `service_name -> url` of an endpoint catalog call's body.
+fn catalog_urls(c: &Value) -> Vec<(String, String)> {
+    c["body"]["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints: {c}"))
+        .iter()
+        .map(|e| {
+            (
+                e["service_name"].as_str().unwrap().to_owned(),
+                e["url"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Runs the driver's `scenarios` against `proxy`; returns every call it made, printing its
@@ -77,26 +97,36 @@ fn check<'a>(calls: &'a [Value], i: usize, op: &str, status: u16) -> &'a Value {
 #[test]
 fn python_sdk_through_the_dev_profile() {
     let proxy = dev_proxy();
-    let calls = drive(&proxy, "dev-account", &["images", "security-group"]);
-    assert_eq!(calls.len(), 8, "{calls:#?}");
+    let calls = drive(
+        &proxy,
+        "dev-account",
+        &["images", "security-group", "catalog"],
+    );
+    assert_eq!(calls.len(), 11, "{calls:#?}");
+    let at = format!("http://{}", proxy.addr);
 
-    // The IAM endpoint catalog: the SDK sends `iam 1.4`, which the dev profile pins.
+    // The IAM endpoint catalog: the SDK sends `iam 1.4`, which the dev profile pins; the
+    // services the proxy serves point at its prefixes, the others stay and are named.
     let c = check(&calls, 0, "endpoint.get_endpoint_list", 200);
     assert_eq!(c["version"], "iam 1.4");
-    assert!(
-        c["wire"].as_str().unwrap().ends_with("/iam/v1/endpoints"),
+    assert_eq!(c["wire"], format!("GET {at}/iam/v1/endpoints"), "{c}");
+    assert_eq!(
+        catalog_urls(c),
+        [
+            ("virtualserver".to_owned(), format!("{at}/virtualserver")),
+            ("iam".to_owned(), format!("{at}/iam")),
+            (
+                "vpc".to_owned(),
+                "https://vpc.kr-west1.e.samsungsdscloud.com".to_owned()
+            ),
+            (
+                "dns".to_owned(),
+                "https://dns.kr-west1.e.samsungsdscloud.com".to_owned()
+            ),
+        ],
         "{c}"
     );
-    let services: Vec<&str> = c["body"]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["service_name"].as_str().unwrap())
-        .collect();
-    assert!(
-        services.contains(&"virtualserver") && services.contains(&"iam"),
-        "{c}"
-    );
+    assert_eq!(c["unrouted"], "vpc,dns", "{c}");
 
     let c = check(&calls, 1, "virtualserver_image.list_images", 200);
     assert_eq!(c["version"], "virtualserver 1.3");
@@ -139,6 +169,23 @@ fn python_sdk_through_the_dev_profile() {
     );
     assert_eq!(c["version"], "virtualserver 1.0");
 
+    // Following the catalog: the virtualserver calls go to the URL IAM gave, the proxy's.
+    check(&calls, 8, "endpoint.get_endpoint_list", 200);
+    let c = check(&calls, 9, "virtualserver_image.list_images", 200);
+    assert_eq!(
+        c["wire"],
+        format!("GET {at}/virtualserver/v1/images"),
+        "{c}"
+    );
+    assert_eq!(c["body"]["images"][0]["id"], DEMO_IMAGE_ID, "{c}");
+    let c = check(&calls, 10, "virtualserver_image.show_image", 200);
+    assert_eq!(
+        c["wire"],
+        format!("GET {at}/virtualserver/v1/images/{DEMO_IMAGE_ID}"),
+        "{c}"
+    );
+    assert_eq!(c["body"]["id"], DEMO_IMAGE_ID, "{c}");
+
     let log = proxy.log();
     assert!(
         !log.contains("app-holds-no-key"),
@@ -178,4 +225,25 @@ fn python_sdk_security_group_call_without_its_operation_pin_is_refused() {
             && m.contains("services.virtualserver.api_version"),
         "{m}"
     );
+}
+
+/// What the rewrite is for: with it off, the catalog names the emulator itself, and the SDK
+/// following it calls the upstream directly with the app's dummy key: 401.
+#[test]
+fn python_sdk_following_the_catalog_without_the_rewrite_goes_around_the_proxy() {
+    let proxy = dev_proxy_with(&[("SCP_PROXY_ROUTING__REWRITE_ENDPOINT_CATALOG", "false")]);
+    let calls = drive(&proxy, "dev-account", &["catalog"]);
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    let c = check(&calls, 0, "endpoint.get_endpoint_list", 200);
+    assert!(c["unrouted"].is_null(), "{c}");
+    let urls = catalog_urls(c);
+    let vs = &urls[0];
+    assert_eq!(vs.0, "virtualserver");
+    assert!(
+        vs.1.starts_with("http://127.0.0.1:") && !vs.1.contains(&proxy.addr.to_string()),
+        "{urls:?}"
+    );
+    let c = check(&calls, 1, "virtualserver_image.list_images", 401);
+    assert_eq!(c["wire"], format!("GET {}/v1/images", vs.1), "{c}");
+    check(&calls, 2, "virtualserver_image.show_image", 401);
 }
