@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Instructions per proxied request under callgrind: repeatable on a busy machine.
+
+Starts a fast upstream on 127.0.0.1 (in this process: 202 and `{"status":"accepted"}`, HTTP/1.1
+keep-alive), the proxy binary (argv[1], default target/release/scp-auth-proxy) under
+`nice -n 10 valgrind --tool=callgrind` with the peer bench's configuration for target E (access
+log on, to a file), and one keep-alive client connection. For each kind (the bench's GET
+`/v1/images?limit=10` and its POST image import): WARMUP requests, `callgrind_control --zero`,
+N requests, `callgrind_control --dump`; so each dump holds only those N requests. Prints
+instructions per request and writes the dumps (`callgrind_annotate --inclusive=yes FILE`).
+Bounded: N <= 5000, every wait has a deadline, the proxy is killed by PID at the end.
+
+    python3 scripts/callgrind.py [BINARY] [N] [OUT_DIR]      (default N: 300, OUT_DIR: temp)
+"""
+import http.client
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/scp-auth-proxy"
+N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+OUT = sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="callgrind-")
+WARMUP = 30
+assert 0 < N <= 5000
+IMAGE = "70a599e0-31e7-49b7-b260-868f441e862b"
+IMPORT_BODY = (
+    b'{"url":"https://object-store.kr-west1.e.samsungsdscloud.com/bench-bucket/bench-image.qcow2"}'
+)
+REQUESTS = {
+    "get": ("GET", "/v1/images?limit=10", None, {}),
+    "post": ("POST", f"/v1/images/{IMAGE}/import", IMPORT_BODY, {"Content-Type": "application/json"}),
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def upstream(listener):
+    """Answers every request on every connection with 202, reading its body (length or chunked)."""
+    answer = (
+        b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n"
+        b'{"status":"accepted"}\n'
+    )
+
+    def serve(conn):
+        f = conn.makefile("rb")
+        try:
+            while True:
+                head = []
+                line = f.readline()
+                if not line:
+                    return
+                while line not in (b"\r\n", b""):
+                    head.append(line.lower())
+                    line = f.readline()
+                length = next((int(h.split(b":")[1]) for h in head if h.startswith(b"content-length:")), 0)
+                if any(h.startswith(b"transfer-encoding:") and b"chunked" in h for h in head):
+                    while True:
+                        size = int(f.readline().split(b";")[0], 16)
+                        f.read(size + 2)
+                        if size == 0:
+                            break
+                else:
+                    f.read(length)
+                conn.sendall(answer)
+        except (OSError, ValueError):
+            return
+        finally:
+            conn.close()
+
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    up = socket.socket()
+    up.bind(("127.0.0.1", 0))
+    up.listen(64)
+    threading.Thread(target=upstream, args=(up,), daemon=True).start()
+    port, admin = free_port(), free_port()
+    secret = os.path.join(OUT, "secret")
+    with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as s:
+        s.write("callgrind-bench-secret-0123456789\n")
+    config = os.path.join(OUT, "proxy.toml")
+    with open(config, "w") as c:
+        c.write(f"""
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+check_live_versions = false
+[credentials]
+access_key = "bench-ak"
+secret_key_file = "{secret}"
+account_id = "bench-account"
+[routing]
+default_service = "virtualserver"
+[services.virtualserver]
+upstream = "http://127.0.0.1:{up.getsockname()[1]}"
+api_version = "1.3"
+region = "kr-west1"
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCP_PROXY_") and k != "SCP_SECRET_KEY"}
+    log = open(os.path.join(OUT, "proxy.log"), "wb")
+    proxy = subprocess.Popen(
+        ["nice", "-n", "10", "valgrind", "--tool=callgrind", "--vgdb=yes",
+         f"--callgrind-out-file={OUT}/callgrind.out.%p", BIN, "--config", config],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proxy.poll() is None, "proxy exited; see proxy.log"
+            assert time.time() < deadline, "proxy did not listen within 120 s"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        for kind, (method, path, body, headers) in REQUESTS.items():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+            def run(count):
+                for _ in range(count):
+                    conn.request(method, path, body=body, headers=headers)
+                    r = conn.getresponse()
+                    r.read()
+                    assert r.status == 202, f"{kind}: status {r.status}"
+
+            run(WARMUP)
+            control("--zero", proxy.pid)
+            run(N)
+            before = set(os.listdir(OUT))
+            control("--dump", proxy.pid)
+            dump = wait_new_dump(before)
+            conn.close()
+            total = total_ir(dump)
+            final = os.path.join(OUT, f"{kind}.callgrind")
+            os.rename(dump, final)
+            print(f"{kind}: {total} instructions / {N} requests = {total // N} per request  ({final})")
+    finally:
+        proxy.kill()
+        proxy.wait(timeout=30)
+        up.close()
+
+
+def control(flag, pid):
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, timeout=120,
+                   stdout=subprocess.DEVNULL)
+
+
+def wait_new_dump(before):
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        new = [f for f in set(os.listdir(OUT)) - before if f.startswith("callgrind.out.")]
+        if new:
+            path = os.path.join(OUT, new[0])
+            time.sleep(0.5)  # let callgrind finish writing it
+            if "totals:" in open(path).read():
+                return path
+        time.sleep(0.2)
+    raise AssertionError("no callgrind dump within 60 s")
+
+
+def total_ir(path):
+    with open(path) as f:
+        m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
+    return int(m.group(1))
+
+
+if __name__ == "__main__":
+    main()
