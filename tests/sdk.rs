@@ -64,20 +64,46 @@ fn catalog_urls(c: &Value) -> Vec<(String, String)> {
 /// Runs the driver's `scenarios` against `proxy`; returns every call it made, printing its
 /// report.
 fn drive(proxy: &common::Proc, account: &str, scenarios: &[&str]) -> Vec<Value> {
+    drive_with(account, scenarios, |cmd| {
+        cmd.args(["--proxy", &format!("http://{}", proxy.addr)]);
+    })
+}
+
+/// Runs the driver with `setup` choosing where it goes (`--proxy` or `--forward` and its
+/// environment); no key, proxy or CA setting comes from the test's own environment.
+fn drive_with(account: &str, scenarios: &[&str], setup: impl FnOnce(&mut Command)) -> Vec<Value> {
     let python = python::sdk_python();
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("calls.json");
+    let mut cmd = Command::new(&python);
+    cmd.arg(manifest("tests/sdk/driver.py"));
+    for var in [
+        "SCP_ACCESS_KEY",
+        "SCP_SECRET_KEY",
+        "SCP_REGION",
+        "SCP_ENVIRONMENT",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+    ] {
+        cmd.env_remove(var);
+    }
+    // No ~/.scpconf either.
+    cmd.env("HOME", dir.path());
+    setup(&mut cmd);
     let out = python::run(
-        Command::new(&python)
-            .arg(manifest("tests/sdk/driver.py"))
-            .args(["--proxy", &format!("http://{}", proxy.addr)])
-            .args(["--account", account])
+        cmd.args(["--account", account])
             .arg("--results")
             .arg(&results)
             .args(scenarios)
-            .env("PYTHONIOENCODING", "utf-8")
-            .env_remove("SCP_ACCESS_KEY")
-            .env_remove("SCP_SECRET_KEY"),
+            .env("PYTHONIOENCODING", "utf-8"),
         "tests/sdk/driver.py",
         Duration::from_secs(120),
     );
@@ -246,4 +272,78 @@ fn python_sdk_following_the_catalog_without_the_rewrite_goes_around_the_proxy() 
     let c = check(&calls, 1, "virtualserver_image.list_images", 401);
     assert_eq!(c["wire"], format!("GET {}/v1/images", vs.1), "{c}");
     check(&calls, 2, "virtualserver_image.show_image", 401);
+}
+
+/// Through the forward proxy (`HTTPS_PROXY`), the SDK asks IAM at its own public URL and gets
+/// the services' public names back, never the proxy's loopback prefixes (which would not go
+/// through the forward listener) nor the emulator's port (a 401 with the dummy key); following
+/// the catalog stays in the tunnel and is signed there.
+#[test]
+fn python_sdk_follows_the_catalog_through_the_forward_proxy() {
+    const VS_HOST: &str = "virtualserver.kr-west1.e.samsungsdscloud.com";
+    const IAM_HOST: &str = "iam.kr-west1.e.samsungsdscloud.com";
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "sdk-forward-test-secret").unwrap();
+    let emu = common::Proc::emulator(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--secret-key-file",
+        secret.to_str().unwrap(),
+        "--account-id",
+        "dev-account",
+    ]);
+    let emu_url = format!("http://{}", emu.addr);
+    let ca = dir.path().join("ca.pem");
+    let cfg = common::TestConfig::new(&emu_url)
+        .server("check_live_versions = false")
+        .secret_file(&secret)
+        .credentials("access_key = \"emulator-access-key\"\naccount_id = \"dev-account\"")
+        .service(&format!("intercept = [\"{VS_HOST}:443\"]"))
+        .add_service("iam", &emu_url, "1.4")
+        .service(&format!("intercept = [\"{IAM_HOST}:443\"]"))
+        .raw(&format!(
+            "[forward_proxy]\nlisten = \"127.0.0.1:0\"\nca_cert_out = \"{}\"",
+            ca.display()
+        ))
+        .write(dir.path().join("proxy.toml"));
+    let proxy = common::Proc::start(&["--config", &cfg], &[]);
+    let forward = proxy.forward_addr.expect("forward listener");
+    let calls = drive_with("dev-account", &["catalog"], |cmd| {
+        cmd.arg("--forward")
+            .env("HTTPS_PROXY", format!("http://{forward}"))
+            .env("REQUESTS_CA_BUNDLE", &ca);
+    });
+    assert_eq!(calls.len(), 3, "{calls:#?}\n{}", proxy.log());
+    let c = check(&calls, 0, "endpoint.get_endpoint_list", 200);
+    assert_eq!(
+        c["wire"],
+        format!("GET https://{IAM_HOST}/v1/endpoints"),
+        "{c}"
+    );
+    assert_eq!(
+        catalog_urls(c)[..2],
+        [
+            ("virtualserver".to_owned(), format!("https://{VS_HOST}")),
+            ("iam".to_owned(), format!("https://{IAM_HOST}")),
+        ],
+        "{c}"
+    );
+    assert_eq!(c["unrouted"], "vpc,dns", "{c}");
+    let c = check(&calls, 1, "virtualserver_image.list_images", 200);
+    assert_eq!(c["wire"], format!("GET https://{VS_HOST}/v1/images"), "{c}");
+    let c = check(&calls, 2, "virtualserver_image.show_image", 200);
+    assert_eq!(c["body"]["id"], DEMO_IMAGE_ID, "{c}");
+    // All three came in on the forward listener.
+    assert!(
+        common::poll_until_blocking(Duration::from_secs(5), || (proxy
+            .log()
+            .matches("\"mode\":\"forward\",\"method\"")
+            .count()
+            == 3)
+            .then_some(()))
+        .is_some(),
+        "{}",
+        proxy.log()
+    );
 }

@@ -1,11 +1,15 @@
 """Drives the PyPI package scpv2-sdk (a real SCP client nobody here wrote) through the proxy.
 
     python driver.py --proxy http://127.0.0.1:PORT --account ACCOUNT --results FILE SCENARIO...
+    python driver.py --forward --account ACCOUNT --results FILE catalog   # with HTTPS_PROXY set
 
 The SDK has no endpoint setting: it always calls https://{api_name}.{region}.{env}.samsung...
 `Session.endpoint_for` is replaced so that every service goes to the proxy's prefix for it,
 http://PROXY/{api_name} (or, in the `catalog` scenario, to the URL the rewritten IAM endpoint
-catalog gives). The SDK signs with a dummy key pair: the proxy replaces its SCP headers.
+catalog gives). With --forward the SDK keeps its own endpoints and reaches them through the
+forward proxy (HTTPS_PROXY, REQUESTS_CA_BUNDLE from the environment); `catalog` then follows
+the catalog the forward proxy returned. The SDK signs with a dummy key pair: the proxy
+replaces its SCP headers.
 
 Prints one line per call, "STATUS service.operation(args) -> what was sent", and writes every
 call as JSON to FILE for the Rust test to check. Exits non-zero only on a driver error, never
@@ -13,6 +17,7 @@ on an HTTP status: judging statuses is the test's job.
 """
 import argparse
 import json
+import os
 import sys
 
 import requests
@@ -25,6 +30,8 @@ ODD_NAME = "우분투 a+b/c:d"
 
 calls = []
 sent = {}
+_own_endpoint_for = scpv2.Session.endpoint_for
+FORWARD = False  # --forward: through HTTPS_PROXY
 
 _real_request = requests.request
 
@@ -70,9 +77,17 @@ def call(label, fn, **kwargs):
 
 
 def session(endpoints):
-    scpv2.Session.endpoint_for = lambda self, api_name: endpoints(api_name)
+    """A session whose services are at `endpoints(api_name)`; None: the SDK's own URLs."""
+    scpv2.Session.endpoint_for = (
+        _own_endpoint_for if endpoints is None else lambda self, api_name: endpoints(api_name)
+    )
+    # no_proxy=False lets requests use HTTPS_PROXY (the SDK ignores it by default).
     return scpv2.Session(
-        access_key="app-holds-no-key", secret_key="app-holds-no-key", region="kr-west1"
+        access_key="app-holds-no-key",
+        secret_key="app-holds-no-key",
+        region="kr-west1",
+        environment="e",
+        no_proxy=not FORWARD,
     )
 
 
@@ -118,7 +133,8 @@ def security_group(proxy, account):
 def catalog(proxy, account):
     """Asks IAM for the endpoint catalog, then calls virtualserver at the URL it gives, as
     SCP's Go SDK does: only the IAM call is pointed at the proxy by hand."""
-    iam = session(lambda api: f"{proxy}/{api}").client("endpoint")
+    # Through the forward proxy (no --proxy) the SDK asks IAM at its own public URL.
+    iam = session(None if proxy is None else lambda api: f"{proxy}/{api}").client("endpoint")
     listed = call("endpoint.get_endpoint_list", iam.get_endpoint_list)
     urls = {e["service_name"]: e["url"] for e in listed["body"].get("endpoints", [])}
     print(f"    catalog: {json.dumps(urls, ensure_ascii=False)}", flush=True)
@@ -133,12 +149,16 @@ SCENARIOS = {"images": images, "security-group": security_group, "catalog": cata
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--proxy", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--proxy")
+    g.add_argument("--forward", action="store_true")
     p.add_argument("--account", required=True)
     p.add_argument("--results", required=True)
     p.add_argument("scenarios", nargs="+", choices=sorted(SCENARIOS))
     a = p.parse_args()
-    print(f"scpv2-sdk {scpv2.__version__}, requests {requests.__version__}, proxy {a.proxy}", flush=True)
+    global FORWARD
+    FORWARD = a.forward
+    print(f"scpv2-sdk {scpv2.__version__}, requests {requests.__version__}, proxy {a.proxy or 'HTTPS_PROXY=' + os.environ.get('HTTPS_PROXY', '')}", flush=True)
     for name in a.scenarios:
         SCENARIOS[name](a.proxy, a.account)
     with open(a.results, "w", encoding="utf-8") as f:
