@@ -246,6 +246,22 @@ impl Stream {
             Stream::Unix(s) => s.try_read(buf),
         }
     }
+    /// Reads into `buf`'s unfilled part as it is: `ReadBuf::initialize_unfilled` would zero
+    /// hyper's whole spare read buffer before every read (17% of a proxied GET's instructions
+    /// under callgrind).
+    fn try_read_buf(&self, buf: &mut ReadBuf<'_>) -> io::Result<()> {
+        // SAFETY: the socket read only writes into these bytes (it never de-initialises any),
+        // and only the `n` bytes it reports written are then marked initialised and filled.
+        let mut unfilled = unsafe { buf.unfilled_mut() };
+        let n = match self {
+            Stream::Tcp(s) => s.try_read_buf(&mut unfilled)?,
+            Stream::Unix(s) => s.try_read_buf(&mut unfilled)?,
+        };
+        // SAFETY: as above: the read initialised exactly `n` bytes of the unfilled part.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        Ok(())
+    }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
@@ -379,9 +395,10 @@ impl AsyncRead for Io {
         }
         loop {
             std::task::ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
+            let before = buf.filled().len();
+            match self.stream.try_read_buf(buf) {
+                Ok(()) => {
+                    let n = buf.filled().len() - before;
                     self.state.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                     return Poll::Ready(Ok(()));
                 }
