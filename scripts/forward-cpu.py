@@ -5,12 +5,17 @@ same load, one proxy process, on 127.0.0.1.
 Starts the built-in emulator (the signature-checking upstream) and one proxy (argv[1], default
 target/release/scp-auth-proxy) with both listeners, then sends the same bounded load to each:
 N sequential keep-alive `GET /v1/images` from one curl process (one connection; through the
-forward listener one CONNECT tunnel, HTTP/1.1 or h2 inside it). The proxy's CPU is
+forward listener one CONNECT tunnel, HTTP/1.1 or h2 inside it), and h2c to the plain
+listener from h2load when it is installed. The proxy's CPU is
 utime+stime from /proc/PID/stat read before and after each phase, divided by N. Every
 response must be 200 (the emulator checked its signature), else the run fails. The emulator
 and the proxy are killed by PID at the end.
 
     python3 scripts/forward-cpu.py [BINARY] [N]      (default N: 20000, at most 100000)
+
+With CALLGRIND=1 the proxy runs under valgrind's callgrind and each phase also reports the
+instructions the proxy executed per request (zeroed before, dumped after: stable on a busy
+machine, unlike CPU time); use a small N there (e.g. 2000), it runs ~50x slower.
 """
 import json
 import os
@@ -27,13 +32,14 @@ assert 0 < N <= 100000
 WARMUP = 500
 HOST = "virtualserver.kr-west1.e.samsungsdscloud.com"
 TICK = os.sysconf("SC_CLK_TCK")
+CALLGRIND = os.environ.get("CALLGRIND") == "1"
 
 
-def start(args, marker, log_path):
+def start(args, marker, log_path, prefix=()):
     """Starts BIN ARGS with JSON logs to log_path; returns (proc, the marker line as JSON)."""
     log = open(log_path, "w")
-    p = subprocess.Popen([BIN, *args, "--log-format", "json"], stdout=log, stderr=log)
-    deadline = time.monotonic() + 20
+    p = subprocess.Popen([*prefix, BIN, *args, "--log-format", "json"], stdout=log, stderr=log)
+    deadline = time.monotonic() + (120 if prefix else 20)
     while time.monotonic() < deadline:
         with open(log_path) as f:
             for line in f:
@@ -66,6 +72,33 @@ def curl(args, n, dest):
     lines = out.stdout.split()
     codes, connects = lines[0::2], lines[1::2]
     return codes, sum(int(c) for c in connects), out.stderr
+
+
+def callgrind_ir(pid, dir):
+    """Dumps callgrind's counters since the last zeroing; returns the instructions (Ir)."""
+    before = set(os.listdir(dir))
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True,
+                   timeout=120)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for f in sorted(set(os.listdir(dir)) - before):
+            if f.startswith("callgrind.out"):
+                with open(os.path.join(dir, f)) as fh:
+                    for line in fh:
+                        if line.startswith(("summary:", "totals:")):
+                            return int(line.split()[1])
+        time.sleep(0.2)
+    sys.exit("callgrind dump not found")
+
+
+def h2load(n, dest):
+    """n sequential h2c GETs (prior knowledge) on one connection, with h2load; the status
+    codes seen, as curl() reports them."""
+    out = subprocess.run(["h2load", "-n", str(n), "-c", "1", "-m", "1", f"{dest}/v1/images"],
+                         capture_output=True, text=True, timeout=900)
+    ok = [l for l in out.stdout.splitlines() if l.startswith("status codes:")]
+    two = int(ok[0].split()[2]) if ok else 0
+    return ["200"] * two + ["000"] * (n - two), 1, out.stdout[-500:]
 
 
 def main():
@@ -103,10 +136,17 @@ ca_cert_out = "{ca}"
 """)
     proxy = None
     try:
-        proxy, line = start(["--config", config], '"serving"', os.path.join(dir, "proxy.log"))
+        prefix = ()
+        if CALLGRIND:
+            prefix = ("valgrind", "--tool=callgrind", "--quiet",
+                      f"--callgrind-out-file={dir}/callgrind.out")
+        proxy, line = start(["--config", config], '"serving"', os.path.join(dir, "proxy.log"),
+                            prefix)
         plain, forward = line["addr"], line["forward_addr"]
         loads = [
             ("plain listener, HTTP/1.1", [], f"http://{plain}"),
+            # curl 7.88 cannot reuse an h2c connection; h2load can (when installed).
+            ("plain listener, h2c (h2load -c1 -m1)", None, f"http://{plain}"),
             ("forward listener, CONNECT + TLS + HTTP/1.1",
              ["-x", f"http://{forward}", "--cacert", ca, "--http1.1"], f"https://{HOST}"),
             ("forward listener, CONNECT + TLS + h2",
@@ -114,18 +154,29 @@ ca_cert_out = "{ca}"
         ]
         print(f"proxy pid {proxy.pid}, emulator pid {emu.pid}; N = {N} sequential keep-alive "
               f"GET /v1/images per load, {WARMUP} warm-up requests before each")
-        print(f"{'load':46} {'CPU ticks':>9} {'CPU/request':>12} {'wall':>7} {'conns':>5}")
+        print(f"{'load':46} {'CPU ticks':>9} {'CPU/request':>12} {'wall':>7} {'conns':>5}"
+              + (f" {'instructions/request':>21}" if CALLGRIND else ""))
         for name, args, dest in loads:
-            codes, _, err = curl(args, WARMUP, dest)
+            if args is None and shutil.which("h2load") is None:
+                print(f"{name:46} skipped: h2load not installed (apt-get install nghttp2-client)")
+                continue
+            send = (lambda n, d: h2load(n, d)) if args is None else (lambda n, d: curl(args, n, d))
+            codes, _, err = send(WARMUP, dest)
             assert codes == ["200"] * WARMUP, f"{name} warm-up: {set(codes)} {err}"
+            if CALLGRIND:
+                subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
+                               capture_output=True, timeout=60)
             before, t0 = cpu_ticks(proxy.pid), time.monotonic()
-            codes, connects, err = curl(args, N, dest)
+            codes, connects, err = send(N, dest)
             wall = time.monotonic() - t0
             ticks = cpu_ticks(proxy.pid) - before
+            ir = ""
+            if CALLGRIND:
+                ir = f" {callgrind_ir(proxy.pid, dir) / N:>21,.0f}"
             bad = [c for c in codes if c != "200"]
             assert len(codes) == N and not bad, f"{name}: {len(codes)} answers, {len(bad)} not 200: {set(bad)} {err}"
             us = ticks / TICK / N * 1e6
-            print(f"{name:46} {ticks:>9} {us:>9.1f} µs {wall:>6.1f}s {connects:>5}")
+            print(f"{name:46} {ticks:>9} {us:>9.1f} µs {wall:>6.1f}s {connects:>5}{ir}")
     finally:
         for p in (proxy, emu):
             if p is not None:
