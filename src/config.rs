@@ -1,10 +1,11 @@
 //! Typed configuration, merged from layers and validated once at load.
 //!
 //! Layers, lowest first: built-in defaults (serde defaults below) < files < environment
-//! (`SCP_PROXY_` prefix, `__` between nested keys) < command-line flags. Unknown keys in files
-//! are errors; environment variables that match no key are ignored, because Kubernetes injects
-//! `SCP_PROXY_PORT`-style service links into every pod. Every error names the key and, where
-//! the value came from a file, that file.
+//! (`SCP_PROXY_` prefix, `__` between nested keys) < command-line flags. Unknown keys are
+//! errors, in files and in the environment alike; environment variables whose first key names
+//! no section are not configuration and are ignored, because Kubernetes injects
+//! `SCP_PROXY_PORT`-style service links into every pod. Every error names the key and where
+//! its value came from (the file, or the environment).
 //!
 //! The parts: [`model`] (the types, as deserialized), [`load`] (sources and layering),
 //! [`validate`] (what serde cannot check alone), [`render`] (check-config's view).
@@ -19,7 +20,6 @@ mod validate;
 use load::describe_load;
 pub use load::{figment, load, Overrides, Source};
 pub use model::*;
-pub use validate::is_major_minor;
 
 /// Errors found while loading configuration or credentials. Each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,8 @@ mod tests {
     use std::time::Duration;
 
     use super::load::redact_toml_message;
-    use super::validate::{operation_versions, parse_intercept};
+    use super::model::{operation_version, parse_intercept};
+    use super::validate::order_operation_versions;
     use super::*;
     use figment::Jail;
 
@@ -135,6 +136,48 @@ mod tests {
             assert_eq!(c.server.admin_listen.port(), 7001);
             Ok(())
         });
+    }
+
+    #[test]
+    fn env_overrides_are_checked_like_file_keys() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file("config/default.toml", BASE)?;
+            jail.create_file("config/p.toml", "")?;
+            // A misspelt override under a section is an error naming it and the environment.
+            jail.set_env("SCP_PROXY_SERVER__LISTN", "127.0.0.1:7100");
+            let err = profile(jail, "p").unwrap_err().to_string();
+            assert!(
+                err.contains("server") && err.contains("listn") && err.contains("environment"),
+                "{err}"
+            );
+            std::env::remove_var("SCP_PROXY_SERVER__LISTN");
+            // A bad value from the environment: the key, and where it came from.
+            jail.set_env("SCP_PROXY_SERVICES__VIRTUALSERVER__API_VERSION", "v2");
+            let err = profile(jail, "p").unwrap_err().to_string();
+            assert!(
+                err.contains("services.virtualserver.api_version") && err.contains("environment"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_sections_are_read_from_the_model() {
+        // What `Config` deserializes (its derive's fields) is what it serializes.
+        let shown = toml::Value::try_from(Config::default()).unwrap();
+        let mut written: Vec<&str> = shown
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut read = model::sections().to_vec();
+        written.sort_unstable();
+        read.sort_unstable();
+        assert_eq!(read, written);
+        assert!(read.contains(&"forward_proxy") && read.contains(&"services"));
     }
 
     #[test]
@@ -297,6 +340,14 @@ mod tests {
 
     #[test]
     fn operation_versions_are_ordered_inner_first_and_validated() {
+        // Each entry parsed on its own (as its deserializer does), then ordered together.
+        let operation_versions = |pairs: &BTreeMap<String, String>, allow: Option<&[String]>| {
+            let mut pins = Vec::new();
+            for (p, v) in pairs {
+                pins.push(operation_version(p, v).map_err(|m| (Some(p.clone()), m))?);
+            }
+            order_operation_versions(pins, allow)
+        };
         let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs
                 .iter()

@@ -31,8 +31,8 @@ pub(crate) fn log_filter() -> Option<String> {
 }
 
 /// The `SCP_PROXY_` variables as a figment provider, nested keys split at `__`; `known`
-/// says which (lower-cased, dotted) keys the configuration has, so that others (Kubernetes'
-/// `SCP_PROXY_PORT`-style service links) are ignored.
+/// says which (lower-cased, dotted) keys are meant for the configuration, so that others
+/// (Kubernetes' `SCP_PROXY_PORT`-style service links) are ignored.
 pub(crate) fn config_overrides(known: fn(&str) -> bool) -> figment::providers::Env {
     figment::providers::Env::prefixed(CONFIG_PREFIX)
         .split("__")

@@ -82,7 +82,7 @@ pub fn figment(
         }
     }
     fig = fig
-        .merge(crate::env::config_overrides(is_known_key))
+        .merge(crate::env::config_overrides(is_config_key))
         .merge(Serialized::default("server", overrides));
     Ok((fig, files))
 }
@@ -204,7 +204,7 @@ pub(super) fn describe_load(e: &figment::Error) -> String {
             // Key names, lengths and our own messages (which never quote values).
             other => other.to_string(),
         };
-        let key = err.path.join(".");
+        let key = dotted(&err.path);
         let origin = match &err.metadata {
             Some(md) => match &md.source {
                 Some(src) => format!(" (in {src})"),
@@ -221,77 +221,31 @@ pub(super) fn describe_load(e: &figment::Error) -> String {
     lines.join("\n")
 }
 
-/// Environment keys the proxy knows (lower-cased and dotted, as figment presents them).
-fn is_known_key(key: &str) -> bool {
-    const SECTIONS: &[(&str, &[&str])] = &[
-        (
-            "server",
-            &[
-                "listen",
-                "socket_mode",
-                "max_connections",
-                "admin_listen",
-                "shutdown_grace",
-                "shutdown_delay",
-                "max_concurrent_requests",
-                "max_header_bytes",
-                "header_read_timeout",
-                "idle_timeout",
-                "max_inspected_body_bytes",
-                "check_live_versions",
-                "enable_quit",
-                "require_header",
-            ],
-        ),
-        (
-            "credentials",
-            &[
-                "access_key",
-                "access_key_file",
-                "secret_key_file",
-                "account_id",
-                "client_type",
-                "watch_interval",
-            ],
-        ),
-        ("routing", &["default_service", "rewrite_endpoint_catalog"]),
-        ("emulator", &["in_process", "listen", "import_delay"]),
-        ("audit", &["file"]),
-        ("telemetry", &["otlp_endpoint", "service_name"]),
-        (
-            "forward_proxy",
-            &["listen", "ca_cert_file", "ca_key_file", "ca_cert_out"],
-        ),
-    ];
-    const SERVICE_KEYS: &[&str] = &[
-        "upstream",
-        "api_version",
-        "region",
-        "timeout",
-        "ca_file",
-        "allow",
-        "allow_unsupported_version",
-        "retry",
-        "body_idle_timeout",
-        "max_idle_connections",
-        "operation_versions",
-        "intercept",
-        "max_concurrent_requests",
-    ];
-    const RETRY_KEYS: &[&str] = &["max_attempts", "budget_percent", "backoff", "operations"];
-    let parts: Vec<&str> = key.split('.').collect();
-    match parts.as_slice() {
-        ["services", name, field] => !name.is_empty() && SERVICE_KEYS.contains(field),
-        ["services", name, "retry", field] => !name.is_empty() && RETRY_KEYS.contains(field),
-        [section, field] => SECTIONS
-            .iter()
-            .any(|(s, fields)| s == section && fields.contains(field)),
-        _ => false,
-    }
+/// Whether an environment key (lower-cased and dotted, as figment presents it) is meant for
+/// the configuration: its first key is one of `Config`'s sections. Below that, serde's
+/// `deny_unknown_fields` judges it like a file's key, so a misspelt override is an error
+/// naming it. Kubernetes' service links (`SCP_PROXY_PORT`, `SCP_PROXY_SERVICE_HOST`, ...) have
+/// no `__`, so their one key is never a section.
+fn is_config_key(key: &str) -> bool {
+    let section = key.split('.').next().unwrap_or_default();
+    super::model::sections().contains(&section)
 }
 
 /// Loads and validates configuration (but not the secret: see `credentials`).
 pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, ConfigError> {
     let (fig, files) = figment(source, overrides)?;
     from_figment(&fig, files)
+}
+
+/// A key path as TOML writes it: `services.vs.operation_versions."GET /v1/x"`.
+fn dotted(path: &[String]) -> String {
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    path.iter()
+        .map(|k| if bare(k) { k.clone() } else { format!("{k:?}") })
+        .collect::<Vec<_>>()
+        .join(".")
 }

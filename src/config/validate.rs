@@ -19,23 +19,33 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// sidecar needs more than this).
 const MAX_CONCURRENT: usize = 1_000_000;
 
+/// Extracts `Config` from `fig` (each field parsed by its deserializer) and checks what
+/// depends on more than one field. Errors name the key and where its value came from.
 pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Config, ConfigError> {
-    let raw: RawConfig = fig.extract()?;
+    let mut config: Config = fig.extract()?;
+    config.sources = sources;
+    check(&mut config, fig)?;
+    Ok(config)
+}
+
+/// The checks, in the order a reader of the file meets the keys; fills the values that
+/// default from others (a service's region from its upstream).
+fn check(config: &mut Config, fig: &Figment) -> Result<(), ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
         key: key.to_string(),
         origin: origin_of(fig, key),
         message,
     };
 
-    if raw.services.is_empty() {
+    if config.services.is_empty() {
         return Err(invalid(
             "services",
             "no service is configured; add e.g. [services.virtualserver] with upstream and api_version".into(),
         ));
     }
-    let in_process = raw.emulator.in_process;
-    let mut services = Vec::with_capacity(raw.services.len());
-    for (name, s) in raw.services {
+    let in_process = config.emulator.in_process;
+    for s in &mut config.services {
+        let name = s.name.clone();
         let key = |field: &str| format!("services.{name}.{field}");
         if !is_service_name(&name) {
             return Err(invalid(
@@ -43,31 +53,23 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
                 "service names are lower-case letters, digits, '-' and '_'".into(),
             ));
         }
-        let upstream = match (&s.upstream, in_process) {
-            (Some(u), _) => Upstream::parse(u).map_err(|m| invalid(&key("upstream"), m))?,
-            // The in-process emulator replaces it at start.
-            (None, true) => Upstream::parse("http://127.0.0.1:1").map_err(|m| invalid(&key("upstream"), m))?,
-            (None, false) => {
-                return Err(invalid(
-                    &key("upstream"),
-                    format!("missing; set it to the service endpoint, e.g. https://{name}.kr-west1.e.samsungsdscloud.com"),
-                ))
-            }
-        };
-        let api_version = s.api_version.ok_or_else(|| {
-            invalid(
-                &key("api_version"),
-                "missing; pin the API version as \"MAJOR.MINOR\", e.g. \"1.3\"".into(),
-            )
-        })?;
-        if !is_major_minor(&api_version) {
+        // The in-process emulator replaces a missing upstream at start.
+        if !in_process && !fig.contains(&key("upstream")) {
             return Err(invalid(
-                &key("api_version"),
-                format!("{api_version:?} is not MAJOR.MINOR (e.g. \"1.3\")"),
+                &key("upstream"),
+                format!("missing; set it to the service endpoint, e.g. https://{name}.kr-west1.e.samsungsdscloud.com"),
             ));
         }
-        let region = s.region.or_else(|| upstream.scp_region_env().0);
-        if let Some(r) = &region {
+        if s.api_version.is_empty() {
+            return Err(invalid(
+                &key("api_version"),
+                "missing; pin the API version as \"MAJOR.MINOR\", e.g. \"1.3\"".into(),
+            ));
+        }
+        if s.region.is_none() {
+            s.region = s.upstream.scp_region_env().0;
+        }
+        if let Some(r) = &s.region {
             if r.is_empty()
                 || !r
                     .bytes()
@@ -100,11 +102,6 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         if let Some(ca) = &s.ca_file {
             require_file(ca).map_err(|e| invalid(&key("ca_file"), e.to_string()))?;
         }
-        if let Some(rules) = &s.allow {
-            for r in rules {
-                crate::policy::allowlist::Rule::parse(r).map_err(|m| invalid(&key("allow"), m))?;
-            }
-        }
         let r = &s.retry;
         if !(1..=MAX_ATTEMPTS).contains(&r.max_attempts) {
             return Err(invalid(
@@ -121,12 +118,9 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
         if r.backoff > Duration::from_secs(10) {
             return Err(invalid(&key("retry.backoff"), "must be at most 10s".into()));
         }
-        for op in &r.operations {
-            crate::policy::allowlist::Rule::parse(op)
-                .map_err(|m| invalid(&key("retry.operations"), m))?;
-        }
-        let operation_versions = operation_versions(&s.operation_versions, s.allow.as_deref())
-            .map_err(|(op, m)| {
+        let pins = std::mem::take(&mut s.operation_versions);
+        s.operation_versions =
+            order_operation_versions(pins, s.allow.as_deref()).map_err(|(op, m)| {
                 let k = match op {
                     Some(op) => format!("{}.\"{op}\"", key("operation_versions")),
                     None => key("operation_versions"),
@@ -137,10 +131,6 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
                     message: m,
                 }
             })?;
-        let mut intercept = Vec::with_capacity(s.intercept.len());
-        for a in &s.intercept {
-            intercept.push(parse_intercept(a).map_err(|m| invalid(&key("intercept"), m))?);
-        }
         if let Some(n) = s.max_concurrent_requests {
             if !(1..=MAX_CONCURRENT).contains(&n) {
                 return Err(invalid(
@@ -149,37 +139,22 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
                 ));
             }
         }
-        services.push(ServiceConfig {
-            intercept,
-            name,
-            upstream,
-            api_version,
-            region,
-            timeout: s.timeout,
-            body_idle_timeout: s.body_idle_timeout,
-            max_idle_connections: s.max_idle_connections,
-            ca_file: s.ca_file,
-            allow: s.allow,
-            allow_unsupported_version: s.allow_unsupported_version,
-            retry: s.retry,
-            operation_versions,
-            max_concurrent_requests: s.max_concurrent_requests,
-        });
     }
-    if let Some(d) = &raw.routing.default_service {
+    let services = &config.services;
+    if let Some(d) = &config.routing.default_service {
         if !services.iter().any(|s| &s.name == d) {
             return Err(invalid(
                 "routing.default_service",
                 format!(
                     "{d:?} is not a configured service (configured: {})",
-                    names(&services)
+                    names(services)
                 ),
             ));
         }
     }
     // One intercepted authority names one service: the forward proxy routes by it.
     let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
-    for svc in &services {
+    for svc in services {
         for a in &svc.intercept {
             if let Some(other) = owners.insert(a.as_str(), &svc.name) {
                 return Err(invalid(
@@ -189,7 +164,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             }
         }
     }
-    let fp = raw.forward_proxy;
+    let fp = &config.forward_proxy;
     if fp.ca_cert_file.is_some() != fp.ca_key_file.is_some() {
         return Err(invalid(
             "forward_proxy.ca_key_file",
@@ -204,7 +179,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             require_file(f).map_err(|e| invalid(k, e.to_string()))?;
         }
     }
-    let server = raw.server;
+    let server = &config.server;
     if !(1..=MAX_CONCURRENT).contains(&server.max_concurrent_requests) {
         return Err(invalid(
             "server.max_concurrent_requests",
@@ -274,7 +249,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             "must be at least 1024".into(),
         ));
     }
-    let c = raw.credentials;
+    let c = &config.credentials;
     if c.watch_interval > MAX_DURATION {
         return Err(invalid(
             "credentials.watch_interval",
@@ -315,7 +290,7 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             ));
         }
     }
-    if let Some(e) = &raw.telemetry.otlp_endpoint {
+    if let Some(e) = &config.telemetry.otlp_endpoint {
         let ok = e
             .parse::<http::Uri>()
             .ok()
@@ -332,66 +307,37 @@ pub(crate) fn from_figment(fig: &Figment, sources: Vec<PathBuf>) -> Result<Confi
             ));
         }
     }
-    if raw.telemetry.service_name.is_empty() || raw.telemetry.service_name.len() > 128 {
+    if config.telemetry.service_name.is_empty() || config.telemetry.service_name.len() > 128 {
         return Err(invalid(
             "telemetry.service_name",
             "must be 1 to 128 characters".into(),
         ));
     }
-    Ok(Config {
-        server,
-        credentials: CredentialsConfig {
-            watch_interval: c.watch_interval,
-            access_key: c.access_key,
-            access_key_file: c.access_key_file,
-            secret_key_file: c.secret_key_file,
-            account_id: c.account_id,
-            client_type: c.client_type,
-        },
-        routing: raw.routing,
-        services,
-        emulator: raw.emulator,
-        audit: raw.audit,
-        telemetry: raw.telemetry,
-        forward_proxy: fp,
-        sources,
-    })
+    Ok(())
 }
 
-/// Parses and orders `[services.NAME.operation_versions]`. TOML tables have no order, so the
-/// proxy gives one: a pattern inside another is tried first; two that overlap otherwise would
-/// make the pin depend on an order nobody wrote, and are refused. A pattern no request can
-/// reach (CONNECT, which the proxy refuses, or outside every `allow` rule) is refused too.
-/// Errors name the entry (`Some(pattern)`) when there is one.
-pub(super) fn operation_versions(
-    raw: &BTreeMap<String, String>,
+/// Orders `[services.NAME.operation_versions]` (each entry already parsed). TOML tables have
+/// no order, so the proxy gives one: a pattern inside another is tried first; two that
+/// overlap otherwise would make the pin depend on an order nobody wrote, and are refused. A
+/// pattern outside every `allow` rule can match no request and is refused too. Errors name
+/// the entry (`Some(pattern)`) when there is one.
+pub(super) fn order_operation_versions(
+    pins: Vec<OperationVersion>,
     allow: Option<&[String]>,
 ) -> Result<Vec<OperationVersion>, (Option<String>, String)> {
     use crate::policy::allowlist::Rule;
-    let mut pins = Vec::with_capacity(raw.len());
-    for (pattern, version) in raw {
-        let at = |m: String| (Some(pattern.clone()), m);
-        let rule = Rule::parse(pattern).map_err(at)?;
-        if !is_major_minor(version) {
-            return Err(at(format!("{version:?} is not MAJOR.MINOR (e.g. \"1.0\")")));
-        }
-        if rule.method() == "CONNECT" {
-            return Err(at(
-                "no request can match it: the proxy refuses CONNECT".into()
-            ));
-        }
-        if let Some(allow) = allow {
-            let allowed: Vec<Rule> = allow.iter().filter_map(|r| Rule::parse(r).ok()).collect();
-            if !allowed.iter().any(|a| a.intersects(&rule)) {
-                return Err(at(format!(
-                    "no request can match it: the service's allow list ({allow:?}) refuses every request it names"
-                )));
+    if let Some(allow) = allow {
+        let allowed: Vec<Rule> = allow.iter().filter_map(|r| Rule::parse(r).ok()).collect();
+        for pin in &pins {
+            if !allowed.iter().any(|a| a.intersects(&pin.rule)) {
+                return Err((
+                    Some(pin.rule.text.clone()),
+                    format!(
+                        "no request can match it: the service's allow list ({allow:?}) refuses every request it names"
+                    ),
+                ));
             }
         }
-        pins.push(OperationVersion {
-            rule,
-            version: version.clone(),
-        });
     }
     for (i, a) in pins.iter().enumerate() {
         for b in &pins[i + 1..] {
@@ -424,25 +370,6 @@ pub(super) fn operation_versions(
     Ok(keyed.into_iter().map(|(_, p)| p).collect())
 }
 
-/// `host[:port]` (port 443 when absent), lower-cased; no scheme, path or user info.
-pub(super) fn parse_intercept(s: &str) -> Result<http::uri::Authority, String> {
-    let bad = || {
-        format!(
-            "{s:?} is not host:port (e.g. \"virtualserver.kr-west1.e.samsungsdscloud.com:443\")"
-        )
-    };
-    if s.is_empty() || s.contains(['/', '?', '#', '@', ' ']) {
-        return Err(bad());
-    }
-    let a: http::uri::Authority = s.to_ascii_lowercase().parse().map_err(|_| bad())?;
-    let has_port = s.rsplit_once(':').is_some_and(|(_, t)| !t.contains(']'));
-    match (has_port, a.port_u16()) {
-        (true, Some(p)) if p != 0 => Ok(a),
-        (true, _) => Err(bad()),
-        (false, _) => format!("{}:443", a.host()).parse().map_err(|_| bad()),
-    }
-}
-
 /// " (in FILE)" or " (from the environment)" for a key, when figment knows.
 fn origin_of(fig: &Figment, key: &str) -> String {
     match fig.find_metadata(key) {
@@ -466,14 +393,6 @@ fn is_service_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
-pub fn is_major_minor(s: &str) -> bool {
-    let Some((a, b)) = s.split_once('.') else {
-        return false;
-    };
-    let num = |x: &str| !x.is_empty() && x.len() <= 4 && x.bytes().all(|c| c.is_ascii_digit());
-    num(a) && num(b)
 }
 
 fn is_header_safe(s: &str) -> bool {
