@@ -4,10 +4,12 @@
 Starts the proxy binary (argv[1], default target/release/scp-auth-proxy) with a config that
 needs no upstream (every request is answered `404 no_route` by the proxy itself), opens N
 connections that each make one request and then stay idle, and reads VmRSS from
-/proc/PID/status before, during, and 10 s after closing them. Bounded: at most 20,000
-connections, every wait has a deadline, the proxy is killed by PID at the end.
+/proc/PID/status before, during, and 10 s after closing them. Each protocol gets a fresh
+process; each N is one burst in it, in order (so `5000 5000 5000` shows whether repeated
+bursts plateau). Bounded: at most 20,000 connections, every wait has a deadline, the proxy
+is killed by PID at the end. The environment is passed on (LD_PRELOAD, MALLOC_CONF, ...).
 
-    python3 scripts/idle-rss.py [BINARY] [N ...]     (default N: 2000 5000)
+    python3 scripts/idle-rss.py [BINARY] [h1|h2|both] [N ...]   (default: both 2000 5000)
 """
 import json
 import os
@@ -19,7 +21,9 @@ import tempfile
 import time
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/scp-auth-proxy"
-COUNTS = [int(a) for a in sys.argv[2:]] or [2000, 5000]
+PROTOS = {"h1": [False], "h2": [True], "both": [False, True]}[
+    sys.argv[2] if len(sys.argv) > 2 else "both"]
+COUNTS = [int(a) for a in sys.argv[3:]] or [2000, 5000]
 assert all(0 < n <= 20000 for n in COUNTS)
 
 CONFIG = """
@@ -77,21 +81,20 @@ def read_answer(s, h2):
                 if len(body) >= length:
                     return
         else:
-            i = 0
-            while i + 9 <= len(buf):
-                ln = int.from_bytes(buf[i:i + 3], "big")
-                typ, flags = buf[i + 3], buf[i + 4]
+            # Whole frames only, each looked at once (a second SETTINGS ACK would be a
+            # protocol error).
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                ln = int.from_bytes(buf[:3], "big")
+                typ, flags = buf[3], buf[4]
+                buf = buf[9 + ln:]
                 if typ == 4 and not flags & 1:
                     s.sendall(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")  # SETTINGS ACK
                 if typ == 0 and flags & 1:
                     return
-                i += 9 + ln
     raise RuntimeError("no answer")
 
 
-def main():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-    tmp = tempfile.mkdtemp()
+def start(tmp):
     cfg = os.path.join(tmp, "p.toml")
     with open(cfg, "w") as f:
         f.write(CONFIG)
@@ -99,49 +102,62 @@ def main():
     proc = subprocess.Popen(
         [BIN, "--config", cfg, "--log-format", "json"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    addr = None
+    deadline = time.time() + 30
+    while addr is None and time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        if b'"serving"' in line:
+            v = json.loads(line)
+            host, port = (v.get("addr") or v["fields"]["addr"]).rsplit(":", 1)
+            addr = (host, int(port))
+    if addr is None:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("proxy did not start")
+    return proc, addr
+
+
+def run(tmp, h2):
+    proc, addr = start(tmp)
     try:
-        addr = None
-        deadline = time.time() + 30
-        while addr is None and time.time() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            if b'"serving"' in line:
-                v = json.loads(line)
-                host, port = (v.get("addr") or v["fields"]["addr"]).rsplit(":", 1)
-                addr = (host, int(port))
-        assert addr, "proxy did not start"
         # Warm up: allocator arenas, the runtime, the first requests.
         for _ in range(3):
-            for h2 in (False, True):
-                with socket.create_connection(addr) as s:
-                    s.sendall(H2_REQUEST if h2 else H1_REQUEST)
-                    read_answer(s, h2)
+            with socket.create_connection(addr) as s:
+                s.sendall(H2_REQUEST if h2 else H1_REQUEST)
+                read_answer(s, h2)
         time.sleep(1)
-        for h2 in (False, True):
-            for n in COUNTS:
-                before = rss_kib(proc.pid)
-                socks = []
-                for _ in range(n):
-                    s = socket.create_connection(addr)
-                    s.sendall(H2_REQUEST if h2 else H1_REQUEST)
-                    read_answer(s, h2)
-                    socks.append(s)
-                time.sleep(2)
-                during = rss_kib(proc.pid)
-                for s in socks:
-                    s.close()
-                time.sleep(10)
-                after = rss_kib(proc.pid)
-                print(
-                    f"{'h2' if h2 else 'h1'} n={n}: RSS before {before / 1024:.1f} MiB, "
-                    f"during {during / 1024:.1f} MiB, 10 s after closing {after / 1024:.1f} MiB; "
-                    f"{(during - before) * 1024 / n:.0f} B per idle connection, "
-                    f"{(after - before) / 1024:+.1f} MiB left after",
-                    flush=True)
+        for n in COUNTS:
+            before = rss_kib(proc.pid)
+            socks = []
+            for _ in range(n):
+                s = socket.create_connection(addr)
+                s.sendall(H2_REQUEST if h2 else H1_REQUEST)
+                read_answer(s, h2)
+                socks.append(s)
+            time.sleep(2)
+            during = rss_kib(proc.pid)
+            for s in socks:
+                s.close()
+            time.sleep(10)
+            after = rss_kib(proc.pid)
+            print(
+                f"{'h2' if h2 else 'h1'} n={n}: RSS before {before / 1024:.1f} MiB, "
+                f"during {during / 1024:.1f} MiB, 10 s after closing {after / 1024:.1f} MiB; "
+                f"{(during - before) * 1024 / n:.0f} B per idle connection, "
+                f"{(after - before) / 1024:+.1f} MiB left after",
+                flush=True)
     finally:
         proc.kill()
         proc.wait()
+
+
+def main():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    tmp = tempfile.mkdtemp()
+    for h2 in PROTOS:
+        run(tmp, h2)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,90 @@ async fn keep_alive_pipelining_and_split_heads_work() {
     assert_eq!(targets, ["/v1/a", "/v1/b", "/v1/c", "/v1/d"]);
 }
 
+/// Reads until `n` HTTP/1.1 status lines have arrived (or `within`), returning the text.
+async fn read_responses(s: &mut TcpStream, n: usize, within: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    while String::from_utf8_lossy(&out).matches("HTTP/1.1 ").count() < n {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(k)) => out.extend_from_slice(&buf[..k]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Between bursts the listener holds no HTTP/1 connection state; a connection must still
+/// carry on across those boundaries: after a request with a body, with a pipelined head
+/// split where a burst ends, and after an idle pause longer than the header timeout.
+#[tokio::test]
+async fn keep_alive_carries_on_across_bursts() {
+    let up = RecordingUpstream::start(SECRET).await;
+    let (p, _d) = proxy(
+        &up.base(),
+        "header_read_timeout = \"1s\"\nidle_timeout = \"5s\"",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"POST /v1/p HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let text = read_responses(&mut s, 1, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    // A complete request and the start of the next in one write, the rest later.
+    s.write_all(b"GET /v1/e HTTP/1.1\r\nhost: x\r\n\r\nGET /v1/f HT")
+        .await
+        .unwrap();
+    let text = read_responses(&mut s, 1, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"TP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let text = read_responses(&mut s, 1, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    // Idle for longer than header_read_timeout (the header clock starts with a head's first
+    // byte, not when the previous response ended).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"GET /v1/g HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, eof) = read_to_eof(&mut s, Duration::from_secs(5)).await;
+    assert!(eof.is_some(), "not closed after Connection: close");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    let seen = up.requests();
+    let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/v1/p", "/v1/e", "/v1/f", "/v1/g"]);
+    assert_eq!(&seen[0].body[..], b"hello");
+}
+
+/// A body the proxy answers without reading (refused by the allowlist) is never parsed as
+/// requests: its bytes stay body, and the connection closes after the answer.
+#[tokio::test]
+async fn an_unread_request_body_is_never_taken_for_a_request() {
+    let up = RecordingUpstream::start(SECRET).await;
+    let (p, _d) = proxy(&up.base(), "", r#"allow = ["GET /v1/**"]"#).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n\
+          GET /v1/smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = read_responses(&mut s, 1, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 403 "), "{text}");
+    // More of the declared body; may fail if the proxy has already closed.
+    let _ = s
+        .write_all(b"GET /v1/smuggled2 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let (rest, eof) = read_to_eof(&mut s, Duration::from_secs(5)).await;
+    assert!(eof.is_some(), "connection left open after an unread body");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("HTTP/1.1 "), "answered body bytes: {rest}");
+    assert_eq!(up.count(), 0, "{:?}", up.requests());
+}
+
 // ------------------------------------------------------------------ hard time limits
 
 #[tokio::test]
@@ -259,6 +343,24 @@ async fn slow_request_head_gets_408_json() {
         "{took:?}"
     );
     assert_eq!(up.count(), 0);
+    // The same on a kept-alive connection, with the slow head pipelined behind a request.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET /v1/a HTTP/1.1\r\nhost: x\r\n\r\nGET /v1/b HTTP/1.1\r\nhost")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let (out, eof) = read_to_eof(&mut s, Duration::from_secs(6)).await;
+    let took = eof.expect("slow pipelined head never closed") - t;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    println!("header_read_timeout 1s, pipelined slow head: 408 after {took:?}");
+    let (first, second) = text.split_once("HTTP/1.1 408 ").expect(&text);
+    assert!(first.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert_eq!(
+        json_code(second.split_once("\r\n\r\n").unwrap().1.as_bytes()),
+        "header_timeout"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(up.count(), 1);
 }
 
 /// A raw upstream: answers every request with `content-length: 100`, 10 bytes, then stalls.
