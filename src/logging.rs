@@ -115,22 +115,28 @@ pub fn write_access(line: &AccessLine<'_>) -> bool {
     let Some((sink, format)) = ACCESS.get() else {
         return false;
     };
+    with_line_buf(sink, |buf| match format {
+        LogFormat::Text => format_text(buf, SystemTime::now(), line),
+        LogFormat::Json => format_json(buf, SystemTime::now(), line),
+    })
+}
+
+/// Formats one line with `f` into this thread's line buffer and writes it to `sink`; false
+/// (nothing written) if the buffer is in use further up this thread's stack.
+fn with_line_buf(sink: &LogSink, f: impl FnOnce(&mut Vec<u8>)) -> bool {
     thread_local! {
-        static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
+        static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
     }
     BUF.with(|buf| {
         let Ok(mut buf) = buf.try_borrow_mut() else {
             return false;
         };
         buf.clear();
-        match format {
-            LogFormat::Text => format_text(&mut buf, SystemTime::now(), line),
-            LogFormat::Json => format_json(&mut buf, SystemTime::now(), line),
-        }
+        f(&mut buf);
         let _ = sink.lock().write_all(&buf);
         // A long path must not keep a large buffer alive on the thread.
         if buf.capacity() > 16 * 1024 {
-            *buf = Vec::with_capacity(256);
+            *buf = Vec::with_capacity(512);
         }
         true
     })
@@ -160,6 +166,62 @@ pub fn write_json_event(target: &str, fields: &impl serde::Serialize) -> bool {
     out.extend_from_slice(b"}\n");
     let _ = sink.lock().write_all(&out);
     true
+}
+
+/// The fields of one text-format event, written as tracing-subscriber's text format writes
+/// them (` name=value`), for [`write_text_event`].
+pub struct TextFields<'a>(&'a mut Vec<u8>);
+
+impl TextFields<'_> {
+    fn name(&mut self, name: &str) {
+        self.0.push(b' ');
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.push(b'=');
+    }
+    /// A `&str` field: Debug, quoted.
+    pub fn str(&mut self, name: &str, value: &str) {
+        self.name(name);
+        debug_str(self.0, value);
+    }
+    pub fn u64(&mut self, name: &str, value: u64) {
+        self.name(name);
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+    /// An `f64` field: Debug, as tracing records floats.
+    pub fn f64(&mut self, name: &str, value: f64) {
+        self.name(name);
+        let _ = write!(self.0, "{value:?}");
+    }
+}
+
+/// Writes one INFO event of `target` in the text log's layout (`TIMESTAMP  INFO target:` and
+/// the fields `fields` writes) straight into the log buffer, without tracing's field visitors
+/// (an audit record through them cost about 16% of a proxied GET's instructions). False when
+/// the text log's fast path is not installed: the caller logs through `tracing` (whose
+/// filter the caller's `tracing::enabled!` check has already applied).
+pub fn write_text_event(target: &str, fields: impl FnOnce(&mut TextFields<'_>)) -> bool {
+    let Some((sink, LogFormat::Text)) = ACCESS.get() else {
+        return false;
+    };
+    with_line_buf(sink, |buf| {
+        text_event(buf, SystemTime::now(), target, fields)
+    })
+}
+
+/// The line [`write_text_event`] writes, at `now`.
+pub(crate) fn text_event(
+    out: &mut Vec<u8>,
+    now: SystemTime,
+    target: &str,
+    fields: impl FnOnce(&mut TextFields<'_>),
+) {
+    timestamp(out, now);
+    out.extend_from_slice(b"  INFO ");
+    out.extend_from_slice(target.as_bytes());
+    out.push(b':');
+    fields(&mut TextFields(out));
+    out.push(b'\n');
 }
 
 /// `2026-12-01T21:16:21.566413Z  INFO access: request_id=.. method=GET service="vs" ..`
