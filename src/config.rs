@@ -181,6 +181,84 @@ mod tests {
     }
 
     #[test]
+    fn check_config_shows_every_key_and_reads_back_as_the_same_config() {
+        Jail::expect_with(|jail| {
+            jail.create_file("ca.pem", "")?;
+            jail.create_file(
+                "proxy.toml",
+                r#"
+                [server]
+                listen = "unix:/run/p.sock"
+                socket_mode = "0660"
+                max_connections = 77
+                require_header = "X-Scp-Proxy"
+                shutdown_delay = "3s"
+                [credentials]
+                access_key = "ak"
+                account_id = "acct"
+                watch_interval = "0s"
+                [routing]
+                default_service = "virtualserver"
+                rewrite_endpoint_catalog = false
+                [services.virtualserver]
+                upstream = "https://virtualserver.kr-west1.e.samsungsdscloud.com"
+                api_version = "1.3"
+                ca_file = "ca.pem"
+                allow = ["GET /v1/images/**", "POST /v1/servers/**"]
+                allow_unsupported_version = true
+                intercept = ["vs.example"]
+                max_concurrent_requests = 9
+                max_idle_connections = 4
+                timeout = "5s"
+                body_idle_timeout = "7s"
+                retry = { max_attempts = 3, backoff = "1s", operations = ["POST /v1/servers/*"] }
+                [services.virtualserver.operation_versions]
+                "POST /v1/servers/*/security-groups" = "1.0"
+                "POST /v1/servers/**" = "1.2"
+                [services.iam]
+                upstream = "http://127.0.0.1:9000"
+                api_version = "1.0"
+                [audit]
+                file = "audit.jsonl"
+                [telemetry]
+                otlp_endpoint = "http://127.0.0.1:4318"
+                [forward_proxy]
+                listen = "127.0.0.1:8443"
+                ca_cert_out = "ca-out.pem"
+                "#,
+            )?;
+            let load = |file: &str| load(&Source::File(file.into()), &Overrides::default());
+            let first = load("proxy.toml").unwrap();
+            let shown = first.redacted("a test");
+            assert!(
+                shown.contains("secret_key = \"<redacted> (from a test)\""),
+                "{shown}"
+            );
+            // What is shown is the configuration: read back (without the secret's line), it
+            // is the same, every key included.
+            let back: String = shown
+                .lines()
+                .filter(|l| !l.starts_with("secret_key"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            jail.create_file("shown.toml", &back)?;
+            let second = load("shown.toml").unwrap();
+            assert_eq!(
+                Config {
+                    sources: Vec::new(),
+                    ..first
+                },
+                Config {
+                    sources: Vec::new(),
+                    ..second
+                },
+                "{shown}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn default_listen_is_loopback() {
         let s = ServerConfig::default();
         assert!(s.listen.tcp().unwrap().ip().is_loopback());

@@ -51,6 +51,37 @@ fn pin_past_its_date_fails_naming_the_date_and_the_newest_version() {
     assert!(!stdout.contains("dummy"), "{stdout}");
 }
 
+/// The printed configuration is TOML (up to the version table), rendered from the model: the
+/// effective value of every key, defaults included, and the secret only as where it comes from.
+#[test]
+fn the_effective_configuration_is_printed_as_toml() {
+    let f = config("1.3", "timeout = \"5s\"\nintercept = [\"vs.example\"]", SCP);
+    let (code, stdout, stderr) = check(&f, "2026-06-01");
+    assert_eq!(code, 0, "{stderr}");
+    let shown = stdout.split("\n# version pins").next().unwrap();
+    let doc: toml::Table = shown.parse().unwrap_or_else(|e| panic!("{e}\n{shown}"));
+    let vs = &doc["services"]["virtualserver"];
+    assert_eq!(vs["timeout"].as_str(), Some("5s"));
+    assert_eq!(
+        vs["region"].as_str(),
+        Some("kr-west1"),
+        "derived from the upstream"
+    );
+    assert_eq!(vs["intercept"][0].as_str(), Some("vs.example:443"));
+    assert_eq!(
+        vs["retry"]["max_attempts"].as_integer(),
+        Some(2),
+        "a default shows"
+    );
+    assert_eq!(doc["server"]["shutdown_grace"].as_str(), Some("25s"));
+    let secret = doc["credentials"]["secret_key"].as_str().unwrap();
+    assert!(
+        secret.starts_with("<redacted>") && secret.contains("SCP_SECRET_KEY"),
+        "{secret}"
+    );
+    assert!(!stdout.contains("dummy"), "{stdout}");
+}
+
 #[test]
 fn on_its_last_day_the_pin_passes_with_a_warning() {
     let f = config("1.1", "", SCP);

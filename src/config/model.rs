@@ -296,7 +296,7 @@ impl Default for EmulatorConfig {
 
 /// `[forward_proxy]`: the opt-in HTTP forward-proxy listener (`HTTPS_PROXY` for unchanged
 /// tools). Off unless `listen` is set.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardProxyConfig {
     /// Where the forward proxy listens, e.g. "127.0.0.1:8443"; unset: no forward proxy.
@@ -312,7 +312,7 @@ pub struct ForwardProxyConfig {
 // ---------------------------------------------------------------- validated
 
 /// The validated configuration the proxy runs with.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
