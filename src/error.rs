@@ -38,6 +38,8 @@ pub enum ProxyError {
     },
     #[error("this tunnel was opened for {authority}, but the request's Host is {host:?}; open a tunnel (CONNECT) for that host")]
     Misdirected { host: String, authority: String },
+    #[error("the forward proxy intercepts this host for services.{service}, which a reload has removed; the intercepted hosts change on restart")]
+    InterceptedServiceGone { service: String },
     #[error("the asterisk-form target (`{method} *`) is not forwarded: send a path (e.g. `OPTIONS /v1/images`)")]
     AsteriskForm { method: String },
     #[error("the request has no {header} header (server.require_header): requests the app means to send through the proxy must carry it")]
@@ -112,7 +114,9 @@ impl ProxyError {
             ProxyError::InvalidPath { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ClientBodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Misdirected { .. } | ProxyError::InterceptedServiceGone { .. } => {
+                StatusCode::MISDIRECTED_REQUEST
+            }
             ProxyError::Policy(p) => p.status(),
             ProxyError::Upstream(
                 UpstreamError::Timeout { .. } | UpstreamError::CatalogTimeout { .. },
@@ -134,6 +138,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::ClientBodyStalled { .. } => "client_body_timeout",
             ProxyError::Misdirected { .. } => "misdirected_request",
+            ProxyError::InterceptedServiceGone { .. } => "intercepted_service_gone",
             ProxyError::Policy(p) => p.code(),
             ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             ProxyError::Upstream(UpstreamError::Failed { .. }) => "upstream_error",

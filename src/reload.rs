@@ -165,12 +165,26 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         ("[audit]", old.audit != new.audit),
         ("[telemetry]", old.telemetry != new.telemetry),
         ("[emulator]", old.emulator != new.emulator),
+        // The forward proxy's CA and its table of intercepted hosts are built at start.
+        ("[forward_proxy]", old.forward_proxy != new.forward_proxy),
+        (
+            "the hosts the forward proxy intercepts (services.NAME.upstream and intercept)",
+            old.forward_proxy.listen.is_some() && intercepted(old) != intercepted(new),
+        ),
     ] {
         if changed {
             out.push(key.into());
         }
     }
     out
+}
+
+/// Each service's public authorities, as the forward proxy's table is built from them.
+fn intercepted(c: &Config) -> Vec<(&str, Vec<String>)> {
+    c.services
+        .iter()
+        .map(|s| (s.name.as_str(), s.public_authorities()))
+        .collect()
 }
 
 /// Everything a reload needs, captured at start.
@@ -387,6 +401,20 @@ mod tests {
         assert_eq!(
             kept(&load("", "watch_interval = \"9s\"", "")),
             ["credentials.watch_interval"]
+        );
+        // The forward proxy: its section, and the hosts it intercepts while it listens.
+        let fp = "[forward_proxy]\nlisten = \"127.0.0.1:8443\"";
+        assert_eq!(kept(&load("", "", fp)), ["[forward_proxy]"]);
+        let running = load("", "", fp);
+        let kept = |c: &Config| restart_only_changes(&running, c);
+        assert!(kept(&load("", "", fp)).is_empty());
+        assert_eq!(
+            kept(&load(
+                "",
+                "",
+                &format!("intercept = [\"vs.example:443\"]\n{fp}")
+            )),
+            ["the hosts the forward proxy intercepts (services.NAME.upstream and intercept)"]
         );
     }
 }

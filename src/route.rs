@@ -148,10 +148,16 @@ impl<T: Destination> Routes<T> {
     pub fn route<B>(&self, req: Request<B>) -> Result<Routed<T, B>, ProxyError> {
         if let Some(i) = req.extensions().get::<Intercepted>() {
             i.check_host(&req)?;
-            let bad_path = || ProxyError::InvalidPath {
-                path: req.uri().path().to_owned(),
-            };
-            let target = self.targets.get(i.target).cloned().ok_or_else(bad_path)?;
+            // By name in the table this request runs on: a reload may have added or removed
+            // services since the tunnel opened, so a position could name another one.
+            let target = self
+                .targets
+                .iter()
+                .find(|t| t.name() == &*i.service)
+                .cloned()
+                .ok_or_else(|| ProxyError::InterceptedServiceGone {
+                    service: i.service.to_string(),
+                })?;
             let pq = req
                 .uri()
                 .path_and_query()
@@ -229,8 +235,8 @@ impl<T: Destination> Routes<T> {
 /// client cannot send one.
 #[derive(Clone, Debug)]
 pub struct Intercepted {
-    /// Position of the service in the routing table (configuration order).
-    pub target: usize,
+    /// The service's name; routing looks it up in the table the request runs on.
+    pub service: Arc<str>,
     /// The CONNECT authority the request's Host must name (None: absolute form, whose URI is
     /// the target and whose Host is not compared).
     pub authority: Option<http::uri::Authority>,

@@ -761,3 +761,71 @@ async fn tunnels_count_under_the_connection_cap() {
         proxy.log()
     );
 }
+
+/// Sends SIGHUP and waits (bounded) for the `n`th successful reload.
+async fn reload(s: &Setup, n: usize) {
+    s.proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .proxy
+        .log()
+        .matches("configuration and key pair reloaded")
+        .count()
+        < n
+    {
+        assert!(Instant::now() < deadline, "no reload:\n{}", s.proxy.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_never_sends_an_intercepted_host_to_another_service() {
+    let up = RecordingUpstream::start(SECRET).await;
+    let service = |name: &str, intercept: &str| {
+        format!(
+            "[services.{name}]\nupstream = \"{}\"\napi_version = \"1.0\"\nintercept = [{intercept}]\nallow_unsupported_version = true\n",
+            up.base()
+        )
+    };
+    let recorded = service("recorded", &format!("\"{REC_HOST}:443\""));
+    let s = start(&recorded);
+    let forward = format!("ca_cert_out = \"{}\"", s.ca.display());
+    let get = |url: String| {
+        let (fwd, ca) = (s.forward, s.ca.clone());
+        tokio::task::spawn_blocking(move || curl(fwd, &ca, &["-w", "\n%{http_code}", &url]))
+    };
+    // A service whose name sorts before both (services are kept in name order), so every
+    // service's position in the routing table moves.
+    let archive = service("archive", "");
+    proxy_toml(
+        s.dir.path(),
+        s.emulator.addr,
+        &format!("{archive}{recorded}"),
+        &forward,
+    );
+    reload(&s, 1).await;
+    let (out, err, ok) = get(format!("https://{VS_HOST}/v1/images")).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        up.count(),
+        0,
+        "virtualserver's host went to another service's upstream"
+    );
+    assert_eq!(status_line(&out), "200", "{out}\n{}", s.proxy.log());
+    assert!(
+        s.proxy
+            .log()
+            .contains("the hosts the forward proxy intercepts"),
+        "the changed table is named as restart-only:\n{}",
+        s.proxy.log()
+    );
+    // A reload that removes a service: its host stays intercepted until a restart, and its
+    // requests are refused, never sent to another service.
+    proxy_toml(s.dir.path(), s.emulator.addr, &archive, &forward);
+    reload(&s, 2).await;
+    let (out, err, ok) = get(format!("https://{REC_HOST}/v1/things")).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(status_line(&out), "421", "{out}\n{}", s.proxy.log());
+    assert!(out.contains("intercepted_service_gone"), "{out}");
+    assert_eq!(up.count(), 0);
+}

@@ -46,8 +46,8 @@ use crate::server::HttpService;
 /// The authorities the forward proxy intercepts, each naming one service.
 #[derive(Debug)]
 pub struct Intercepts {
-    /// `host:port`, lower-case -> position of the service in the configuration.
-    by_authority: HashMap<String, usize>,
+    /// `host:port`, lower-case -> the service's name.
+    by_authority: HashMap<String, Arc<str>>,
     /// Sorted, for messages.
     allowed: Vec<String>,
 }
@@ -56,10 +56,14 @@ impl Intercepts {
     /// `services.NAME.intercept` entries first (config validation keeps them unique), then each
     /// upstream's own authority unless two services share it (then it names neither).
     pub fn new(services: &[ServiceConfig]) -> Self {
+        let names: Vec<Arc<str>> = services
+            .iter()
+            .map(|s| Arc::from(s.name.as_str()))
+            .collect();
         let mut by_authority = HashMap::new();
         for (i, s) in services.iter().enumerate() {
             for a in &s.intercept {
-                by_authority.insert(a.as_str().to_owned(), i);
+                by_authority.insert(a.as_str().to_owned(), names[i].clone());
             }
         }
         let mut upstreams: HashMap<String, Vec<usize>> = HashMap::new();
@@ -71,7 +75,7 @@ impl Intercepts {
         for (a, owners) in upstreams {
             match owners.as_slice() {
                 [one] => {
-                    by_authority.entry(a).or_insert(*one);
+                    by_authority.entry(a).or_insert_with(|| names[*one].clone());
                 }
                 _ if by_authority.contains_key(&a) => {}
                 _ => tracing::warn!(
@@ -90,10 +94,10 @@ impl Intercepts {
     }
 
     /// The service for `host:port` (compared lower-case).
-    pub fn lookup(&self, host: &str, port: u16) -> Option<usize> {
+    pub fn lookup(&self, host: &str, port: u16) -> Option<Arc<str>> {
         self.by_authority
             .get(&format!("{}:{port}", host.to_ascii_lowercase()))
-            .copied()
+            .cloned()
     }
 
     /// Every intercepted authority, sorted.
@@ -355,7 +359,7 @@ impl<S: HttpService> Outer<S> {
         };
         // The absolute URI is the target (RFC 9112 3.2.2): Host is not compared.
         req.extensions_mut().insert(Intercepted {
-            target,
+            service: target,
             authority: None,
         });
         req.extensions_mut().insert(Mode::FORWARD);
@@ -483,11 +487,19 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            i.lookup("virtualserver.kr-west1.e.samsungsdscloud.com", 443),
-            Some(0)
+            i.lookup("virtualserver.kr-west1.e.samsungsdscloud.com", 443)
+                .as_deref(),
+            Some("virtualserver")
         );
-        assert_eq!(i.lookup("IAM.e.samsungsdscloud.com", 443), Some(1));
-        assert_eq!(i.lookup("vpc.kr-west1.e.samsungsdscloud.com", 443), Some(2));
+        assert_eq!(
+            i.lookup("IAM.e.samsungsdscloud.com", 443).as_deref(),
+            Some("iam")
+        );
+        assert_eq!(
+            i.lookup("vpc.kr-west1.e.samsungsdscloud.com", 443)
+                .as_deref(),
+            Some("vpc")
+        );
         assert_eq!(i.lookup("127.0.0.1", 9000), None);
         assert_eq!(
             i.lookup("virtualserver.kr-west1.e.samsungsdscloud.com", 8443),

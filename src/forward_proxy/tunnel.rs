@@ -49,7 +49,7 @@ pub(crate) fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 pub(crate) struct Tunnel<S> {
     pub authority: Authority,
     /// The service the authority names.
-    pub target: usize,
+    pub target: Arc<str>,
     pub fp: Arc<ForwardProxy>,
     pub stack: S,
     pub builder: Arc<auto::Builder<TokioExecutor>>,
@@ -115,7 +115,7 @@ impl<S: HttpService> Tunnel<S> {
             Err(_) => return self.fp.refuse(Refusal::Handshake),
         };
         let intercepted = Intercepted {
-            target: self.target,
+            service: self.target.clone(),
             authority: Some(self.authority.clone()),
         };
         let svc = tower::util::MapRequest::new(self.stack, move |mut req: Request<Incoming>| {

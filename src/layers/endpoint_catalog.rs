@@ -447,7 +447,7 @@ mod tests {
         let mut req = routed(&target, method, path, crate::body::empty());
         if via == Via::Forward {
             req.request_mut().extensions_mut().insert(Intercepted {
-                target: 0,
+                service: std::sync::Arc::from(svc),
                 authority: None,
             });
         }
