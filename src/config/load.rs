@@ -249,3 +249,21 @@ fn dotted(path: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(".")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_messages_keep_only_punctuation() {
+        assert_eq!(
+            redact_toml_message("invalid string\nexpected `\"`, `'`"),
+            "invalid string; expected `\"`, `'`"
+        );
+        assert_eq!(
+            redact_toml_message("duplicate key `secret`"),
+            "duplicate key `…`"
+        );
+        assert_eq!(redact_toml_message(""), "valid TOML");
+    }
+}

@@ -840,3 +840,119 @@ pub(super) fn sections() -> &'static [&'static str] {
     let _ = Config::deserialize(Probe(&mut fields));
     fields
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_listen_is_loopback() {
+        let s = ServerConfig::default();
+        assert!(s.listen.tcp().unwrap().ip().is_loopback());
+        assert!(s.admin_listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn otlp_endpoint_gets_the_traces_path_unless_it_has_one() {
+        let url = |e: &str| {
+            TelemetryConfig {
+                otlp_endpoint: Some(e.into()),
+                ..Default::default()
+            }
+            .traces_url()
+            .map(|u| u.to_string())
+        };
+        assert_eq!(
+            url("http://127.0.0.1:4318").as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert_eq!(
+            url("https://otel.example/").as_deref(),
+            Some("https://otel.example/v1/traces")
+        );
+        assert_eq!(
+            url("http://c:4318/custom/traces").as_deref(),
+            Some("http://c:4318/custom/traces")
+        );
+        assert_eq!(TelemetryConfig::default().traces_url(), None);
+    }
+
+    #[test]
+    fn upstream_kept_exactly_as_written() {
+        let u =
+            Upstream::parse("https://Virtualserver.kr-west1.e.samsungsdscloud.com:443").unwrap();
+        assert_eq!(
+            u.base,
+            "https://Virtualserver.kr-west1.e.samsungsdscloud.com:443"
+        );
+        let u = Upstream::parse("http://127.0.0.1:8081/").unwrap();
+        assert_eq!(u.base, "http://127.0.0.1:8081");
+        assert!(u.is_loopback());
+        assert!(Upstream::parse("https://user@h").is_err());
+        assert!(Upstream::parse("https://h?x").is_err());
+        assert!(Upstream::parse("h:443").is_err());
+        for bad in [
+            "https://h:99999",
+            "https://h:abc",
+            "https://h:",
+            "https://h:0",
+        ] {
+            assert!(Upstream::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Upstream::parse("https://[::1]:8443").is_ok());
+        assert!(Upstream::parse("https://[::1]").is_ok());
+        let iam = Upstream::parse("https://iam.s.samsungsdscloud.com").unwrap();
+        assert_eq!(iam.scp_region_env(), (None, Some("s".into())));
+    }
+
+    #[test]
+    fn the_sections_are_read_from_the_model() {
+        // What `Config` deserializes (its derive's fields) is what it serializes.
+        let shown = toml::Value::try_from(Config::default()).unwrap();
+        let mut written: Vec<&str> = shown
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut read = sections().to_vec();
+        written.sort_unstable();
+        read.sort_unstable();
+        assert_eq!(read, written);
+        assert!(read.contains(&"forward_proxy") && read.contains(&"services"));
+    }
+
+    #[test]
+    fn major_minor() {
+        for ok in ["1.3", "10.0", "0.1"] {
+            assert!(is_major_minor(ok), "{ok}");
+        }
+        for bad in ["v1.3", "1", "1.3.0", "1.", ".3", " 1.3", "1.a"] {
+            assert!(!is_major_minor(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn intercept_entries_are_host_port() {
+        assert_eq!(
+            parse_intercept("VS.Example.com").unwrap().as_str(),
+            "vs.example.com:443"
+        );
+        assert_eq!(
+            parse_intercept("vs.example.com:8443").unwrap().as_str(),
+            "vs.example.com:8443"
+        );
+        assert_eq!(parse_intercept("[::1]:443").unwrap().as_str(), "[::1]:443");
+        for bad in [
+            "",
+            "https://vs.example.com",
+            "vs.example.com/x",
+            "h:0",
+            "h:x",
+            "h:",
+            "u@h:443",
+        ] {
+            assert!(parse_intercept(bad).is_err(), "{bad}");
+        }
+    }
+}

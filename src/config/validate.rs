@@ -398,3 +398,70 @@ fn is_service_name(s: &str) -> bool {
 fn is_header_safe(s: &str) -> bool {
     s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::model::operation_version;
+    use super::*;
+
+    #[test]
+    fn operation_versions_are_ordered_inner_first_and_validated() {
+        // Each entry parsed on its own (as its deserializer does), then ordered together.
+        let operation_versions = |pairs: &BTreeMap<String, String>, allow: Option<&[String]>| {
+            let mut pins = Vec::new();
+            for (p, v) in pairs {
+                pins.push(operation_version(p, v).map_err(|m| (Some(p.clone()), m))?);
+            }
+            order_operation_versions(pins, allow)
+        };
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let ok = operation_versions(
+            &map(&[
+                ("GET /v1/servers/**", "1.2"),
+                ("GET /v1/servers/*/security-groups", "1.0"),
+                ("DELETE /v1/servers/*/security-groups/*", "1.0"),
+            ]),
+            None,
+        )
+        .unwrap();
+        let order: Vec<&str> = ok.iter().map(|o| o.rule.text.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "DELETE /v1/servers/*/security-groups/*",
+                "GET /v1/servers/*/security-groups",
+                "GET /v1/servers/**"
+            ]
+        );
+        let err = |pairs: &[(&str, &str)], allow: Option<&[String]>| {
+            operation_versions(&map(pairs), allow).unwrap_err()
+        };
+        let (at, m) = err(&[("GET /v1/x", "v1")], None);
+        assert_eq!(at.as_deref(), Some("GET /v1/x"));
+        assert!(m.contains("MAJOR.MINOR"), "{m}");
+        let (at, m) = err(&[("get /v1/x", "1.0")], None);
+        assert_eq!(at.as_deref(), Some("get /v1/x"));
+        assert!(m.contains("\"GET\""), "{m}");
+        let (_, m) = err(&[("CONNECT /x", "1.0")], None);
+        assert!(m.contains("no request can match"), "{m}");
+        let allow = ["GET /v1/images/**".to_owned()];
+        let (at, m) = err(&[("POST /v1/servers/*", "1.0")], Some(&allow));
+        assert_eq!(at.as_deref(), Some("POST /v1/servers/*"));
+        assert!(
+            m.contains("no request can match") && m.contains("allow"),
+            "{m}"
+        );
+        assert!(operation_versions(&map(&[("GET /v1/images/*", "1.0")]), Some(&allow)).is_ok());
+        let (_, m) = err(&[("GET /v1/*/x", "1.0"), ("GET /v1/a/*", "1.1")], None);
+        assert!(m.contains("overlaps"), "{m}");
+        let (_, m) = err(&[("GET /v1/a", "1.0"), ("GET  /v1/a", "1.1")], None);
+        assert!(m.contains("exactly"), "{m}");
+    }
+}
