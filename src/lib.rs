@@ -68,23 +68,36 @@ pub enum StartError {
         key: &'static str,
         listen: SocketAddr,
     },
+    #[error("{var} {proxy} is this proxy's own {key} ({listen}): services.{service}'s signed requests would go out through it and back into the proxy (a loop); point {var} at the egress proxy the sidecar is meant to use, unset it in the sidecar's environment, or list the upstream's host in NO_PROXY")]
+    EgressLoop {
+        service: String,
+        var: &'static str,
+        proxy: String,
+        key: &'static str,
+        listen: SocketAddr,
+    },
     #[error(transparent)]
     ForwardProxyCa(#[from] forward_proxy::ca::CaError),
 }
 
-/// Refuses a service whose upstream is one of the proxy's own listeners (a loop). Only
-/// literal loopback or IP upstreams are checked: a name other than `localhost` is not resolved.
+/// Refuses a loop back into one of the proxy's own listeners: a service whose upstream is one
+/// of them, or whose connections would go through an egress proxy (`HTTPS_PROXY` /
+/// `HTTP_PROXY`, as `egress` plans them for that upstream) that is one of them, so the signed
+/// requests would come back into the sidecar. Only literal IPs and `localhost` are compared: a
+/// name other than `localhost` is not resolved.
 pub(crate) fn check_loops(
     services: &[config::ServiceConfig],
     listeners: &[(&'static str, SocketAddr)],
+    egress: &forward::Egress,
 ) -> Result<(), StartError> {
+    let own = |host: &str, port: u16| {
+        listeners
+            .iter()
+            .find(|(_, listen)| names_listener(host, port, *listen))
+            .copied()
+    };
     for svc in services {
         let up = &svc.upstream;
-        let host = up
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
         let port = up
             .authority
             .port_u16()
@@ -93,32 +106,60 @@ pub(crate) fn check_loops(
             } else {
                 80
             });
-        let ip: Option<std::net::IpAddr> = match host.parse() {
-            Ok(ip) => Some(ip),
-            Err(_) if host.eq_ignore_ascii_case("localhost") => None,
-            Err(_) => continue,
+        if let Some((key, listen)) = own(up.authority.host(), port) {
+            return Err(StartError::Loop {
+                service: svc.name.clone(),
+                upstream: up.base.clone(),
+                key,
+                listen,
+            });
+        }
+        // An unusable proxy setting is reported by the client built for this service.
+        let Ok(forward::EgressRoute::Proxy { proxy, var, .. }) = egress.route(up) else {
+            continue;
         };
-        for (key, listen) in listeners {
-            let same_host = match ip {
-                Some(ip) => {
-                    ip == listen.ip()
-                        || (listen.ip().is_unspecified()
-                            && (ip.is_loopback() || ip.is_unspecified()))
-                        || (ip.is_unspecified() && listen.ip().is_loopback())
-                }
-                None => listen.ip().is_loopback() || listen.ip().is_unspecified(),
-            };
-            if same_host && port == listen.port() {
-                return Err(StartError::Loop {
-                    service: svc.name.clone(),
-                    upstream: up.base.clone(),
-                    key,
-                    listen: *listen,
-                });
-            }
+        let Ok(uri) = proxy.parse::<http::Uri>() else {
+            continue;
+        };
+        let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+            continue;
+        };
+        if let Some((key, listen)) = own(host, port) {
+            return Err(StartError::EgressLoop {
+                service: svc.name.clone(),
+                var,
+                proxy,
+                key,
+                listen,
+            });
         }
     }
     Ok(())
+}
+
+/// Whether a connection to `host:port` (an IP, bracketed or not, or a name) reaches `listen`:
+/// the same address, or a loopback one (`localhost`, `*.localhost`) or the unspecified one
+/// (which Linux connects to the local host) against a listener on loopback or on all
+/// interfaces. Another name is never taken to be the listener (it is not resolved).
+fn names_listener(host: &str, port: u16, listen: SocketAddr) -> bool {
+    if port != listen.port() {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let listen_ip = listen.ip().to_canonical();
+    let local = listen_ip.is_loopback() || listen_ip.is_unspecified();
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            let ip = ip.to_canonical();
+            ip == listen_ip
+                || (listen_ip.is_unspecified() && ip.is_loopback())
+                || (ip.is_unspecified() && local)
+        }
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            (name == "localhost" || name.ends_with(".localhost")) && local
+        }
+    }
 }
 
 /// A running proxy: both listeners bound and serving.
@@ -250,7 +291,7 @@ pub async fn start_with_egress(
     if let Some(f) = forward_addr {
         own.push(("forward_proxy.listen", f));
     }
-    check_loops(&config.services, &own)?;
+    check_loops(&config.services, &own, &egress)?;
     let live = reload::Live {
         install,
         store: store.clone(),
@@ -420,9 +461,8 @@ async fn wait_true(mut rx: watch::Receiver<bool>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_upstream_on_the_own_listener_is_a_loop() {
-        let svc = |up: &str| config::ServiceConfig {
+    fn svc(up: &str) -> config::ServiceConfig {
+        config::ServiceConfig {
             name: "virtualserver".into(),
             upstream: config::Upstream::parse(up).unwrap(),
             api_version: "1.3".into(),
@@ -437,7 +477,11 @@ mod tests {
             operation_versions: Vec::new(),
             intercept: Vec::new(),
             max_concurrent_requests: None,
-        };
+        }
+    }
+
+    #[test]
+    fn an_upstream_on_the_own_listener_is_a_loop() {
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         for (up, listen, looped) in [
@@ -453,12 +497,101 @@ mod tests {
             ),
             ("http://10.0.0.5:8080", local, false),
         ] {
-            let r = check_loops(&[svc(up)], &[("server.listen", listen)]);
+            let r = check_loops(
+                &[svc(up)],
+                &[("server.listen", listen)],
+                &forward::Egress::direct(),
+            );
             assert_eq!(r.is_err(), looped, "{up} vs {listen}");
             if let Err(e) = r {
                 let m = e.to_string();
                 assert!(
                     m.contains("services.virtualserver.upstream") && m.contains("server.listen"),
+                    "{m}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_host_names_a_listener_by_ip_loopback_or_the_unspecified_address() {
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        for (host, port, listen, same) in [
+            ("127.0.0.1", 8443, "127.0.0.1:8443", true),
+            ("localhost", 8443, "127.0.0.1:8443", true),
+            ("LocalHost.", 8443, "127.0.0.1:8443", true),
+            ("proxy.localhost", 8443, "127.0.0.1:8443", true),
+            ("localhost", 8443, "0.0.0.0:8443", true),
+            ("127.0.0.1", 8443, "0.0.0.0:8443", true),
+            ("0.0.0.0", 8443, "127.0.0.1:8443", true),
+            ("[::1]", 8443, "[::1]:8443", true),
+            ("[::1]", 8443, "[::]:8443", true),
+            ("::ffff:127.0.0.1", 8443, "127.0.0.1:8443", true),
+            ("10.0.0.5", 8443, "10.0.0.5:8443", true),
+            ("10.0.0.5", 8443, "0.0.0.0:8443", false),
+            ("localhost", 8443, "10.0.0.5:8443", false),
+            ("127.0.0.1", 8444, "127.0.0.1:8443", false),
+            ("127.0.0.2", 8443, "127.0.0.1:8443", false),
+            ("[::1]", 8443, "127.0.0.1:8443", false),
+            ("proxy.corp.example", 8443, "0.0.0.0:8443", false),
+            ("notlocalhost", 8443, "127.0.0.1:8443", false),
+        ] {
+            assert_eq!(
+                names_listener(host, port, at(listen)),
+                same,
+                "{host}:{port} vs {listen}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_egress_proxy_on_the_own_listener_is_a_loop() {
+        let public = "https://virtualserver.kr-west1.e.samsungsdscloud.com";
+        let forward: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let own = [
+            ("server.listen", "127.0.0.1:8080".parse().unwrap()),
+            ("forward_proxy.listen", forward),
+        ];
+        let to_self = forward::Egress::direct().with_https_proxy("http://localhost:8443");
+        // (upstream, egress, looped)
+        for (up, egress, looped) in [
+            (public, to_self.clone(), true),
+            (
+                public,
+                forward::Egress::direct().with_https_proxy("http://u:p@127.0.0.1:8080"),
+                true,
+            ),
+            // HTTP_PROXY is the one for http upstreams.
+            (
+                "http://virtualserver.example",
+                forward::Egress::direct().with_http_proxy("http://0.0.0.0:8443"),
+                true,
+            ),
+            ("http://virtualserver.example", to_self.clone(), false),
+            // Not proxied: NO_PROXY, a loopback upstream, another proxy.
+            (
+                public,
+                to_self.clone().with_no_proxy(".samsungsdscloud.com"),
+                false,
+            ),
+            ("http://127.0.0.1:9000", to_self.clone(), false),
+            (
+                public,
+                forward::Egress::direct().with_https_proxy("http://127.0.0.1:3128"),
+                false,
+            ),
+            (public, forward::Egress::direct(), false),
+        ] {
+            let r = check_loops(&[svc(up)], &own, &egress);
+            assert_eq!(r.is_err(), looped, "{up} via {egress:?}");
+            if let Err(e) = r {
+                let m = e.to_string();
+                assert!(
+                    m.contains("_PROXY http://")
+                        && m.contains("services.virtualserver")
+                        && m.contains(".listen (127.0.0.1:")
+                        && m.contains("loop")
+                        && !m.contains("u:p"),
                     "{m}"
                 );
             }

@@ -74,7 +74,7 @@ impl Live {
         let mut parts =
             ProxyParts::new(&cfg, self.store.clone(), self.metrics.clone(), &self.egress)
                 .map_err(crate::StartError::from)?;
-        crate::check_loops(&cfg.services, &self.own)?;
+        crate::check_loops(&cfg.services, &self.own, &self.egress)?;
         parts.audit = self.audit.clone();
         parts.telemetry = self.telemetry.clone();
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
