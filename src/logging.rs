@@ -191,7 +191,7 @@ impl TextFields<'_> {
     /// An `f64` field: Debug, as tracing records floats.
     pub fn f64(&mut self, name: &str, value: f64) {
         self.name(name);
-        let _ = write!(self.0, "{value:?}");
+        debug_f64(self.0, value);
     }
 }
 
@@ -360,14 +360,45 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// A `&str` field as tracing's text format writes it: Rust `Debug`, quoted.
 fn debug_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
+    // A fold, not `all`: without the early exit the check runs on whole vectors of bytes.
+    let plain = s.bytes().fold(true, |ok, b| {
+        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     } else {
         let _ = write!(out, "{s:?}");
+    }
+}
+
+/// `value` as `{value:?}` writes it; latencies (whole microseconds in milliseconds, below
+/// 10^12) with integers instead of the float formatter.
+fn debug_f64(out: &mut Vec<u8>, value: f64) {
+    let micros = (value * 1e3).round();
+    // Within this range a double is closer than 0.0005 to its neighbours, so the shortest
+    // decimal that reads back as `value` is `micros / 1000` with trailing zeros dropped.
+    if value.is_sign_positive() && (0.0..1e15).contains(&micros) && micros / 1e3 == value {
+        let micros = micros as u64;
+        out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+        out.push(b'.');
+        let frac = micros % 1000;
+        let digits = [
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let keep = if frac % 100 == 0 {
+            1
+        } else if frac % 10 == 0 {
+            2
+        } else {
+            3
+        };
+        out.extend_from_slice(&digits[..keep]);
+    } else {
+        let _ = write!(out, "{value:?}");
     }
 }
 
@@ -565,6 +596,48 @@ mod tests {
         assert_eq!(v["total_ms"], 1500.007);
         assert_eq!(v["error_code"], "upstream_timeout");
         assert_eq!(v["trace_id"], "ab".repeat(16));
+    }
+
+    /// Floats are written as `{:?}` writes them: latencies on the integer path, others not.
+    #[test]
+    fn floats_as_debug_writes_them() {
+        let mut values: Vec<f64> = (0..200_000u64).map(|us| us as f64 / 1e3).collect();
+        for us in [
+            999_999_999_999_999u64,
+            1_000_000_000_000_000,
+            123_456_789_012_345,
+        ] {
+            values.extend([us as f64 / 1e3, (us + 1) as f64 / 1e3]);
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(f64::from_bits(x));
+            values.push((x % 10_000_000) as f64 / 1e3);
+            values.push((x % 1_000_000) as f64 / 1e4);
+        }
+        values.extend([
+            -0.0,
+            -1.5,
+            0.1 + 0.2,
+            1e-7,
+            1e16,
+            1e300,
+            f64::NAN,
+            f64::INFINITY,
+        ]);
+        for v in values {
+            let mut out = Vec::new();
+            debug_f64(&mut out, v);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{v:?}"),
+                "{}",
+                v.to_bits()
+            );
+        }
     }
 
     #[test]
