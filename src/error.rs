@@ -40,6 +40,21 @@ pub enum ProxyError {
     Misdirected { host: String, authority: String },
     #[error("the forward proxy intercepts this host for services.{service}, which a reload has removed; the intercepted hosts change on restart")]
     InterceptedServiceGone { service: String },
+    /// The client closed or reset its connection before its request body ended. A client
+    /// failure, not the upstream's: 4xx, logged at debug, its own `code`.
+    #[error("the client went away before its request body ended (service {service}); the upstream got no complete request")]
+    ClientAborted {
+        service: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The client's request body broke its framing (a bad chunk size, say).
+    #[error("the client's request body is malformed (service {service}); the upstream got no complete request: send a valid Content-Length or chunked body")]
+    ClientBodyInvalid {
+        service: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
     #[error("the asterisk-form target (`{method} *`) is not forwarded: send a path (e.g. `OPTIONS /v1/images`)")]
     AsteriskForm { method: String },
     #[error("the request has no {header} header (server.require_header): requests the app means to send through the proxy must carry it")]
@@ -117,6 +132,9 @@ impl ProxyError {
             ProxyError::Misdirected { .. } | ProxyError::InterceptedServiceGone { .. } => {
                 StatusCode::MISDIRECTED_REQUEST
             }
+            // The client is gone; the status only classes the failure (4xx, not 5xx).
+            ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyInvalid { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Policy(p) => p.status(),
             ProxyError::Upstream(
                 UpstreamError::Timeout { .. } | UpstreamError::CatalogTimeout { .. },
@@ -139,6 +157,8 @@ impl ProxyError {
             ProxyError::ClientBodyStalled { .. } => "client_body_timeout",
             ProxyError::Misdirected { .. } => "misdirected_request",
             ProxyError::InterceptedServiceGone { .. } => "intercepted_service_gone",
+            ProxyError::ClientAborted { .. } => "client_aborted",
+            ProxyError::ClientBodyInvalid { .. } => "client_body_invalid",
             ProxyError::Policy(p) => p.code(),
             ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             ProxyError::Upstream(UpstreamError::Failed { .. }) => "upstream_error",

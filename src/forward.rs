@@ -2,7 +2,9 @@
 //! agrees), bodies streamed both ways, and the only place upstream failures become errors.
 //!
 //! Guarantees: a client that drops mid-body makes the request body fail, which aborts the
-//! upstream request (the upstream never sees a complete, truncated body); no response headers
+//! upstream request (the upstream never sees a complete, truncated body); that, and a
+//! malformed client body, is the client's failure ([`ProxyError::ClientAborted`],
+//! [`ProxyError::ClientBodyInvalid`], 400), never an upstream error; no response headers
 //! within the service's `timeout`: [`UpstreamError::Timeout`] (504); cannot connect:
 //! [`UpstreamError::Unreachable`] (502).
 //!
@@ -136,18 +138,17 @@ impl<T: Endpoint> Future for ForwardFuture<T> {
                     timeout: svc.body_idle_timeout,
                 })
             }
-            Ok(Err(source)) if source.is_connect() => Err(UpstreamError::Unreachable {
-                service: service(),
-                upstream: upstream(),
-                source,
-            }
-            .into()),
-            Ok(Err(source)) => Err(UpstreamError::Failed {
-                service: service(),
-                upstream: upstream(),
-                source,
-            }
-            .into()),
+            Ok(Err(source)) => match client_body_failure(&source) {
+                Some(ClientFailure::Aborted) => Err(ProxyError::ClientAborted {
+                    service: service(),
+                    source,
+                }),
+                Some(ClientFailure::Invalid) => Err(ProxyError::ClientBodyInvalid {
+                    service: service(),
+                    source,
+                }),
+                None => Err(upstream_failure(source, service(), upstream())),
+            },
             Err(()) => Err(UpstreamError::Timeout {
                 service: service(),
                 upstream: upstream(),
@@ -156,4 +157,75 @@ impl<T: Endpoint> Future for ForwardFuture<T> {
             .into()),
         })
     }
+}
+
+fn upstream_failure(
+    source: hyper_util::client::legacy::Error,
+    service: String,
+    upstream: String,
+) -> ProxyError {
+    if source.is_connect() {
+        UpstreamError::Unreachable {
+            service,
+            upstream,
+            source,
+        }
+        .into()
+    } else {
+        UpstreamError::Failed {
+            service,
+            upstream,
+            source,
+        }
+        .into()
+    }
+}
+
+/// How the client's request body failed.
+#[derive(Debug, PartialEq, Eq)]
+enum ClientFailure {
+    /// The client closed or reset the connection (or the h2 stream) before the body's end.
+    Aborted,
+    /// The body's framing was broken (a bad chunk size, say).
+    Invalid,
+}
+
+/// Whether the upstream request failed because the request body did. hyper's client reports
+/// a failing request body as a user error whose source is that body's error; the body is the
+/// client's stream (a stalled one is [`BodyStalled`], matched before this), so its error is
+/// the client's doing. Anything else (connect, write, read, protocol) is the upstream's.
+fn client_body_failure(err: &(dyn std::error::Error + 'static)) -> Option<ClientFailure> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                let body_error = std::error::Error::source(h)?;
+                return Some(if has_invalid_data(body_error) {
+                    ClientFailure::Invalid
+                } else {
+                    ClientFailure::Aborted
+                });
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn has_invalid_data(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        // hyper's chunked decoder says `InvalidInput` for a bad size line, `InvalidData` for
+        // the rest of the framing.
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            )
+        }) {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }

@@ -1,6 +1,6 @@
 //! Hardening from the adversarial run (issue 13), through the real listener or binary: no
 //! secret in configuration errors, warnings for loose key-file modes, request ids and log lines
-//! a client cannot forge.
+//! a client cannot forge, client-side body failures told apart from upstream ones.
 
 mod common;
 
@@ -608,4 +608,95 @@ async fn a_hanging_service_fills_only_its_own_share() {
     for t in stuck {
         t.abort();
     }
+}
+
+/// The value of one series in the admin listener's `/metrics` (0 when absent).
+async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let (_, _, text) = send(&client(), get(admin, "/metrics")).await;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Issue 13.4/13.6: a malformed chunked body and a client that goes away mid-upload are the
+/// client's failures: `client_*` codes with a 4xx status, counted by their own code, never a
+/// 502 `upstream_error` or a 5xx.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_body_failures_are_client_codes_not_upstream_errors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, proxy, _d) = in_process("").await;
+    let code_of = |out: &str| {
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(body)
+            .map(|v| v["code"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|_| panic!("not JSON: {out:?}"))
+    };
+
+    // A chunk size that is not hex, after a good chunk.
+    let out = raw(
+        proxy.addr,
+        b"POST /v1/upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(code_of(&out), "client_body_invalid", "{out}");
+
+    // Content-Length 100, 10 bytes, then the client closes its side (FIN).
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+          Content-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    println!("client aborted after 10 of 100 bytes; answer: {answer:?}");
+    // The half-closed socket still takes the answer, which says what happened.
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(code_of(&answer), "client_aborted", "{answer}");
+
+    let admin = proxy.admin_addr;
+    let counted = poll_until(Duration::from_secs(5), || async {
+        (metric(
+            admin,
+            "scp_auth_proxy_rejections_total{code=\"client_aborted\"}",
+        )
+        .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "client_aborted not counted");
+    assert_eq!(
+        metric(
+            admin,
+            "scp_auth_proxy_rejections_total{code=\"client_body_invalid\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "scp_auth_proxy_rejections_total{code=\"upstream_error\"}"
+        )
+        .await,
+        0.0
+    );
+    let (_, _, text) = send(&client(), get(admin, "/metrics")).await;
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        !text.lines().any(|l| l.contains("status_class=\"5xx\"")),
+        "a client failure was counted as 5xx:\n{text}"
+    );
+    // Neither body reached the upstream as a complete request.
+    assert!(
+        up.requests().iter().all(|r| !r.body_complete),
+        "a broken body was completed upstream"
+    );
 }
