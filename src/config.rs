@@ -326,6 +326,43 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_value_is_named_by_its_key_never_quoted() {
+        const SENTINEL: &str = "SENTINEL-s3cr3t-77aa";
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file("config/default.toml", BASE)?;
+            for (body, key) in [
+                (
+                    format!("[services.virtualserver]\nupstream = \"https://u:{SENTINEL}@h\"\n"),
+                    "services.virtualserver.upstream",
+                ),
+                (
+                    format!("[services.virtualserver]\nupstream = \"{SENTINEL}\"\n"),
+                    "services.virtualserver.upstream",
+                ),
+                (
+                    format!("[services.virtualserver]\napi_version = \"{SENTINEL}\"\n"),
+                    "services.virtualserver.api_version",
+                ),
+                (
+                    format!("[services.virtualserver]\nintercept = [\"a.example\", \"{SENTINEL}/\"]\n"),
+                    "services.virtualserver.intercept",
+                ),
+                (
+                    format!("[services.virtualserver.operation_versions]\n\"GET /v1/x\" = \"{SENTINEL}\"\n"),
+                    "services.virtualserver.operation_versions.\"GET /v1/x\"",
+                ),
+            ] {
+                jail.create_file("config/p.toml", &body)?;
+                let err = profile(jail, "p").unwrap_err().to_string();
+                assert!(err.contains(key) && err.contains("p.toml"), "{body}: {err}");
+                assert!(!err.contains("s3cr3t"), "{body}: {err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn missing_profile_file_is_named() {
         Jail::expect_with(|jail| {
             jail.create_dir("config")?;

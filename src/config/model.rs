@@ -464,37 +464,37 @@ impl Upstream {
         }
     }
 
+    /// The error says what is wrong without quoting `s` (it may be a secret pasted into the
+    /// wrong key, or hold user info); the caller names the key.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (scheme, rest) = s
             .split_once("://")
-            .ok_or_else(|| format!("{s:?} is not a URL; write it as https://HOST[:PORT]"))?;
+            .ok_or_else(|| "is not a URL; write it as https://HOST[:PORT]".to_owned())?;
         let scheme = match scheme {
             "https" => http::uri::Scheme::HTTPS,
             "http" => http::uri::Scheme::HTTP,
-            other => {
-                return Err(format!(
-                    "scheme {other:?} is not supported; use https (or http for a local emulator)"
-                ))
+            _ => {
+                return Err(
+                    "the scheme is not supported; use https (or http for a local emulator)".into(),
+                )
             }
         };
         let authority_str = rest.strip_suffix('/').unwrap_or(rest);
         if authority_str.is_empty() || authority_str.contains(['/', '?', '#', '@']) {
-            return Err(format!(
-                "{s:?} must be scheme://host[:port] only, with no path, query or user info"
-            ));
+            return Err(
+                "must be scheme://host[:port] only, with no path, query or user info".into(),
+            );
         }
         let authority: http::uri::Authority = authority_str
             .parse()
-            .map_err(|e| format!("{authority_str:?} is not a valid host[:port]: {e}"))?;
+            .map_err(|e| format!("the host[:port] is not valid: {e}"))?;
         // `Authority` accepts any text after the last ':'; a bad port would be signed and sent
         // in Host while the connection silently used the default one.
         let has_port = authority_str
             .rsplit_once(':')
             .is_some_and(|(_, tail)| !tail.contains(']'));
         if has_port && authority.port_u16().is_none_or(|p| p == 0) {
-            return Err(format!(
-                "{authority_str:?} has an invalid port; use 1..65535"
-            ));
+            return Err("has an invalid port; use 1..65535".into());
         }
         Ok(Self {
             base: format!("{scheme}://{authority_str}"),
@@ -640,9 +640,8 @@ fn api_version<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     if is_major_minor(&v) {
         Ok(v)
     } else {
-        Err(D::Error::custom(format!(
-            "{v:?} is not MAJOR.MINOR (e.g. \"1.3\")"
-        )))
+        // The value is not quoted back: errors never echo file content.
+        Err(D::Error::custom("is not MAJOR.MINOR (e.g. \"1.3\")"))
     }
 }
 
@@ -665,7 +664,7 @@ fn some_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D:
 pub(super) fn operation_version(pattern: &str, version: &str) -> Result<OperationVersion, String> {
     let rule = Rule::parse(pattern)?;
     if !is_major_minor(version) {
-        return Err(format!("{version:?} is not MAJOR.MINOR (e.g. \"1.0\")"));
+        return Err("the version is not MAJOR.MINOR (e.g. \"1.0\")".into());
     }
     if rule.method() == "CONNECT" {
         return Err("no request can match it: the proxy refuses CONNECT".into());
@@ -735,9 +734,7 @@ mod operation_versions {
 /// `host[:port]` (port 443 when absent), lower-cased; no scheme, path or user info.
 pub(super) fn parse_intercept(s: &str) -> Result<http::uri::Authority, String> {
     let bad = || {
-        format!(
-            "{s:?} is not host:port (e.g. \"virtualserver.kr-west1.e.samsungsdscloud.com:443\")"
-        )
+        "is not host:port (e.g. \"virtualserver.kr-west1.e.samsungsdscloud.com:443\")".to_owned()
     };
     if s.is_empty() || s.contains(['/', '?', '#', '@', ' ']) {
         return Err(bad());
@@ -761,7 +758,11 @@ mod authorities {
     ) -> Result<Vec<http::uri::Authority>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
-            .map(|a| super::parse_intercept(a).map_err(D::Error::custom))
+            .enumerate()
+            .map(|(i, a)| {
+                super::parse_intercept(a)
+                    .map_err(|m| D::Error::custom(format!("entry {}: {m}", i + 1)))
+            })
             .collect()
     }
 
