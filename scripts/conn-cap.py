@@ -136,13 +136,19 @@ def main():
         log = b"".join(lines)
         print(f"  log lines: accept failed {log.count(b'accept failed')}, "
               f"cap reached {log.count(b'connection cap reached')}")
-        # Close the answered ones: the waiting ones must then be served.
+        # Close the answered ones: the waiting ones must then be served, a cap's worth at
+        # a time.
         waiting = [s for s in socks if s not in ok]
-        for s in ok:
-            s.close()
-        print(f"  closed the {len(ok)} answered; {len(waiting)} waiting: "
-              f"{len(answered(waiting, 5))} answered within 5 s")
-        for s in waiting:
+        for r in range(1, 6):
+            if not waiting:
+                break
+            for s in ok:
+                s.close()
+            ok = answered(waiting, 5)
+            print(f"  round {r}: closed the answered; {len(waiting)} waiting, "
+                  f"{len(ok)} answered within 5 s")
+            waiting = [s for s in waiting if s not in ok]
+        for s in list(ok) + waiting:
             s.close()
     finally:
         proc.kill()

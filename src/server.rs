@@ -4,10 +4,12 @@
 //! Guarantees:
 //! - At most `server.max_connections` client connections at once (default: sized from the
 //!   process's file-descriptor limit, see [`fd_budget`]); at the cap the loop stops accepting,
-//!   so new connections wait in the kernel's backlog instead of failing, and accept errors are
-//!   logged at most once per [`LOG_EVERY`] with a count of the ones left out.
-//! - A connection with no request in flight for `server.idle_timeout` is closed gracefully (HTTP/2: GOAWAY), and dropped [`CLOSE_LIMIT`] later if the peer has not
-//!   finished closing (an HTTP/2 peer that ignores GOAWAY and PING).
+//!   so new connections wait in the kernel's backlog ([`LISTEN_BACKLOG`]) instead of failing,
+//!   and accept errors are logged at most once per [`LOG_EVERY`] with a count of the ones
+//!   left out.
+//! - A connection with no request in flight for `server.idle_timeout` is closed gracefully
+//!   (HTTP/2: GOAWAY), and dropped [`CLOSE_LIMIT`] later if the peer has not finished closing
+//!   (an HTTP/2 peer that ignores GOAWAY and PING).
 //! - A client that starts a request head and does not finish it within
 //!   `server.header_read_timeout` gets `408` JSON `header_timeout`, then the connection closes.
 //! - Draining (the data plane after SIGTERM): HTTP/1 responses carry `Connection: close` and
@@ -21,7 +23,7 @@
 //!   until no request is in flight after a response, then the socket is taken back (bytes
 //!   hyper read past the response start the next burst), so an idle keep-alive connection
 //!   holds no hyper buffers (measured about 1.5 KB each; an idle HTTP/2 connection keeps
-//!   hyper's, about 26 KB). A connection is taken back only after a request without a body
+//!   hyper's, about 22 KB). A connection is taken back only after a request without a body
 //!   (see [`ConnState::had_body`]); after one with a body it stays with hyper until the next.
 //! - Memory freed by a burst of connections is given back to the system ([`Trim`]).
 
@@ -86,6 +88,10 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(1);
 /// When the listener stops, how long a connection accepted but not yet used has to send its
 /// first request.
 const FIRST_REQUEST_AFTER_STOP: Duration = Duration::from_secs(1);
+/// Connections the kernel completes and queues for the listener (std's default is 128): at
+/// the connection cap they wait there; past it, the kernel drops their SYNs and the clients
+/// retry after a second or more.
+const LISTEN_BACKLOG: u32 = 1024;
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 // ---------------------------------------------------------------- file descriptors
@@ -158,7 +164,17 @@ impl Listener {
     /// socket file left by a previous run is replaced, any other file is an error.
     pub async fn bind(addr: &ListenAddr, mode: Option<u32>) -> io::Result<Listener> {
         match addr {
-            ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
+            ListenAddr::Tcp(a) => {
+                let socket = if a.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                // As std's bind does: a restarted proxy can bind while old connections linger.
+                socket.set_reuseaddr(true)?;
+                socket.bind(*a)?;
+                Ok(Listener::Tcp(socket.listen(LISTEN_BACKLOG)?))
+            }
             ListenAddr::Unix(path) => {
                 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
                 if let Ok(md) = std::fs::symlink_metadata(path) {
@@ -773,6 +789,9 @@ where
 const TRIM_AFTER_CLOSED: usize = 256;
 /// How often [`Trim`] looks.
 const TRIM_CHECK: Duration = Duration::from_secs(1);
+/// Trimming waits for the count of open connections to settle (a burst closing over a few
+/// seconds is trimmed once, at its end), but no longer than this.
+const TRIM_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// Gives the heap freed by a burst of connections back to the system. glibc keeps freed
 /// memory in its per-thread arenas (measured: +3 MiB after 5,000 idle HTTP/1 connections
@@ -803,16 +822,42 @@ impl Trim {
     async fn run(self) {
         let mut tick = tokio::time::interval(TRIM_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due = TrimDue::default();
         loop {
             tick.tick().await;
             let open = self.open();
-            if self.peak.load(Ordering::Relaxed).saturating_sub(open) < TRIM_AFTER_CLOSED {
+            if !due.check(self.peak.load(Ordering::Relaxed), open, Instant::now()) {
                 continue;
             }
             self.peak.store(open, Ordering::Relaxed);
             // It walks every arena under its lock: off the runtime's threads.
             let _ = tokio::task::spawn_blocking(release_free_memory).await;
         }
+    }
+}
+
+/// When [`Trim`] trims: once [`TRIM_AFTER_CLOSED`] connections fewer than the peak are open
+/// and the count has not changed since the last look (or [`TRIM_WAIT_MAX`] has passed).
+#[derive(Debug, Default)]
+struct TrimDue {
+    last_open: usize,
+    since: Option<Instant>,
+}
+
+impl TrimDue {
+    fn check(&mut self, peak: usize, open: usize, now: Instant) -> bool {
+        let settled = open == self.last_open;
+        self.last_open = open;
+        if peak.saturating_sub(open) < TRIM_AFTER_CLOSED {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if !settled && now.duration_since(since) < TRIM_WAIT_MAX {
+            return false;
+        }
+        self.since = None;
+        true
     }
 }
 
@@ -1240,6 +1285,29 @@ mod tests {
         assert_eq!((small.reserved, small.max_connections), (16, 24));
         assert_eq!(fd_budget(1 << 20).reserved, 256);
         assert_eq!(fd_budget(0).max_connections, 1);
+    }
+
+    #[test]
+    fn trim_waits_for_a_burst_to_finish_closing() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut due = TrimDue::default();
+        // Open connections: 5,000, closing over three looks, then settled at 0.
+        assert!(!due.check(5000, 5000, at(0)));
+        assert!(!due.check(5000, 3000, at(1)));
+        assert!(!due.check(5000, 200, at(2)));
+        assert!(!due.check(5000, 0, at(3)));
+        assert!(due.check(5000, 0, at(4)));
+        // Trimmed: the peak is now 0; fewer than TRIM_AFTER_CLOSED closing is not a burst.
+        assert!(!due.check(0, 0, at(5)));
+        assert!(!due.check(300, 100, at(6)));
+        assert!(!due.check(300, 100, at(7)));
+        // Steady churn never settles: trimmed once TRIM_WAIT_MAX has passed.
+        let mut due = TrimDue::default();
+        let trims: Vec<u64> = (0..12)
+            .filter(|&s| due.check(2000, 1000 + (s as usize % 2), at(s)))
+            .collect();
+        assert_eq!(trims, [5, 11]);
     }
 
     #[test]
