@@ -11,6 +11,7 @@
 //! and each sampled request ends in one SERVER span whose id is the parent sent upstream;
 //! without one the proxy records nothing and starts traces unsampled. Nothing else is changed.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,8 +51,11 @@ impl TraceId {
 
 impl std::fmt::Display for TraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut b = Vec::with_capacity(32);
-        self.write_hex(&mut b);
+        let mut b = [0u8; 32];
+        for (pair, byte) in b.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
         f.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
     }
 }
@@ -119,7 +123,24 @@ impl Parent {
     }
 }
 
+/// Ids for traces and spans (unique and unpredictable enough; not secrets): SplitMix64 over
+/// a per-thread state seeded once, instead of a keyed hash and a clock read per id.
 fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(x);
+        let z = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+/// A thread's first state: the process's random hash keys (distinct per thread), a process
+/// counter and the clock.
+fn seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static N: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -384,6 +405,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trace_ids(n: usize) -> Vec<[u8; 16]> {
+        (0..n).map(|_| new_trace_id()).collect()
+    }
+
+    /// Ids from one thread and from another are all distinct, and no id is all zeros.
+    #[test]
+    fn ids_are_unique_within_and_across_threads() {
+        let mut all = trace_ids(10_000);
+        all.extend(std::thread::spawn(|| trace_ids(10_000)).join().unwrap());
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len());
+        let halves: std::collections::HashSet<_> = all.iter().map(|id| &id[..8]).collect();
+        assert_eq!(halves.len(), all.len());
+        assert!(all.iter().all(|id| id[8..] != [0; 8]));
+    }
+
+    #[test]
+    fn trace_id_displays_as_its_hex() {
+        let id = TraceId(new_trace_id());
+        let mut hex = Vec::new();
+        id.write_hex(&mut hex);
+        assert_eq!(id.to_string().as_bytes(), hex.as_slice());
+        assert_eq!(
+            TraceId(*b"\x00\x01\xab\xff0123456789ab").to_string(),
+            "0001abff303132333435363738396162"
+        );
+    }
 
     const SAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
