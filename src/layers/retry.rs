@@ -213,9 +213,10 @@ where
         *template.version_mut() = req.version();
         *template.headers_mut() = req.headers().clone();
         *template.extensions_mut() = req.extensions().clone();
-        // The target without the client's body: each attempt gets a fresh copy of the request.
+        // The target without the client's body: each retried attempt gets a fresh copy of the
+        // request; the first one is the request itself (one copy of the headers, not two).
         let shell = routed.with_request(Request::new(()));
-        drop(routed);
+        let first = routed.map_request(|r| r.map(|_| ReqBody::<B>::Right(replay.clone())));
         // The clone that was made ready is the one to call (tower's convention).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -240,7 +241,7 @@ where
                 *r.extensions_mut() = t.extensions().clone();
                 shell.with_request(r)
             };
-            let mut next = again(&template);
+            let mut next = first;
             let mut attempt = 1;
             loop {
                 let call = inner.ready().await?.call(next);
