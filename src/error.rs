@@ -14,6 +14,68 @@ use tower::{Layer, Service};
 use crate::body::Body;
 use crate::policy::PolicyError;
 
+/// The `code`s of [`ProxyError::code`], its policy and URL errors included (a unit test
+/// below checks every variant's code is here, and only those).
+pub const ERROR_CODES: &[&str] = &[
+    "absolute_form_target",
+    "asterisk_form_target",
+    "connect_not_supported",
+    "no_route",
+    "invalid_path",
+    "missing_required_header",
+    "overloaded",
+    "client_body_timeout",
+    "client_aborted",
+    "client_body_invalid",
+    "misdirected_request",
+    "intercepted_service_gone",
+    "upstream_unreachable",
+    "upstream_error",
+    "upstream_timeout",
+    "endpoint_catalog_too_large",
+    "api_version_mismatch",
+    "operation_not_allowed",
+    "path_not_canonical",
+    "body_too_large",
+    "body_timeout",
+    "body_unreadable",
+    "body_encoded",
+    "invalid_json",
+    "json_not_object",
+    "duplicate_key",
+    "url_missing",
+    "url_not_string",
+    "url_too_long",
+    "url_invalid_characters",
+    "url_not_https",
+    "url_has_userinfo",
+    "url_has_query",
+    "url_has_fragment",
+    "url_path_not_canonical",
+    "url_not_qcow2",
+    "url_wrong_host",
+    "url_wrong_region",
+    "url_wrong_env",
+    "url_wrong_account",
+];
+
+/// The `code`s the listeners answer with themselves, not through [`ProxyError`]: the plain
+/// listener's `header_timeout` and `draining`, the forward proxy's refusals.
+pub const LISTENER_CODES: &[&str] = &[
+    "header_timeout",
+    "draining",
+    "connect_not_allowed",
+    "bad_connect_target",
+    "authority_not_allowed",
+    "not_proxy_request",
+];
+
+/// Every `code` the proxy answers with: README's "Errors the proxy makes itself" lists exactly
+/// these (tests/error_codes.rs).
+pub fn codes() -> impl Iterator<Item = &'static str> {
+    ERROR_CODES.iter().chain(LISTENER_CODES).copied()
+}
+
 /// Errors raised on a request's way through the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -343,5 +405,264 @@ where
                 resp
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::policy::UrlError;
+
+    // Adding a variant breaks these matches (no `_` arm): give it a sample in `samples`.
+    fn proxy_variant(e: &ProxyError) {
+        match e {
+            ProxyError::AbsoluteForm
+            | ProxyError::Connect
+            | ProxyError::NoRoute { .. }
+            | ProxyError::InvalidPath { .. }
+            | ProxyError::Overloaded { .. }
+            | ProxyError::ClientBodyStalled { .. }
+            | ProxyError::ClientAborted { .. }
+            | ProxyError::ClientBodyInvalid { .. }
+            | ProxyError::Misdirected { .. }
+            | ProxyError::InterceptedServiceGone { .. }
+            | ProxyError::AsteriskForm { .. }
+            | ProxyError::MissingRequiredHeader { .. }
+            | ProxyError::ServiceOverloaded { .. }
+            | ProxyError::Policy(_)
+            | ProxyError::Upstream(_) => {}
+        }
+    }
+
+    fn upstream_variant(e: &UpstreamError) {
+        match e {
+            UpstreamError::Unreachable { .. }
+            | UpstreamError::Failed { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::CatalogTooLarge { .. }
+            | UpstreamError::CatalogRead { .. }
+            | UpstreamError::CatalogTimeout { .. } => {}
+        }
+    }
+
+    fn policy_variant(e: &PolicyError) {
+        match e {
+            PolicyError::ApiVersionMismatch { .. }
+            | PolicyError::OperationNotAllowed { .. }
+            | PolicyError::PathNotCanonical { .. }
+            | PolicyError::BodyTooLarge { .. }
+            | PolicyError::BodyTimeout { .. }
+            | PolicyError::BodyUnreadable { .. }
+            | PolicyError::BodyEncoded { .. }
+            | PolicyError::InvalidJson { .. }
+            | PolicyError::JsonNotObject
+            | PolicyError::DuplicateKey { .. }
+            | PolicyError::UrlMissing { .. }
+            | PolicyError::UrlNotString { .. }
+            | PolicyError::ImageUrl(_) => {}
+        }
+    }
+
+    fn url_variant(e: &UrlError) {
+        match e {
+            UrlError::TooLong { .. }
+            | UrlError::InvalidCharacters { .. }
+            | UrlError::NotHttps
+            | UrlError::HasUserinfo
+            | UrlError::HasQuery
+            | UrlError::HasFragment
+            | UrlError::PathNotCanonical { .. }
+            | UrlError::NotQcow2 { .. }
+            | UrlError::WrongHost { .. }
+            | UrlError::WrongRegion { .. }
+            | UrlError::WrongEnv { .. }
+            | UrlError::WrongAccount { .. } => {}
+        }
+    }
+
+    /// A client error, as hyper-util makes it: port 0 cannot be connected to.
+    async fn client_error() -> hyper_util::client::legacy::Error {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<Bytes>>();
+        client
+            .get("http://127.0.0.1:0/".parse().unwrap())
+            .await
+            .expect_err("nothing answers on port 0")
+    }
+
+    /// One error of every variant, the nested enums' included.
+    async fn samples() -> Vec<ProxyError> {
+        let s = String::new;
+        let d = std::time::Duration::from_secs(1);
+        let url = [
+            UrlError::TooLong { len: 300 },
+            UrlError::InvalidCharacters { found: s(), at: 0 },
+            UrlError::NotHttps,
+            UrlError::HasUserinfo,
+            UrlError::HasQuery,
+            UrlError::HasFragment,
+            UrlError::PathNotCanonical {
+                path: s(),
+                reason: "",
+            },
+            UrlError::NotQcow2 { path: s() },
+            UrlError::WrongHost {
+                host: s(),
+                expected: s(),
+            },
+            UrlError::WrongRegion {
+                host: s(),
+                got: s(),
+                want: s(),
+                expected: s(),
+            },
+            UrlError::WrongEnv {
+                host: s(),
+                got: s(),
+                want: s(),
+                expected: s(),
+            },
+            UrlError::WrongAccount {
+                got: s(),
+                want: s(),
+            },
+        ];
+        let mut policy = vec![
+            PolicyError::ApiVersionMismatch {
+                service: s(),
+                sent: s(),
+                pinned: s(),
+                operation: s(),
+                rule: s(),
+            },
+            PolicyError::OperationNotAllowed {
+                service: s(),
+                method: s(),
+                path: s(),
+                rules: s(),
+            },
+            PolicyError::PathNotCanonical {
+                service: s(),
+                path: s(),
+                reason: "",
+            },
+            PolicyError::BodyTooLarge {
+                limit: 1,
+                operation: "",
+            },
+            PolicyError::BodyTimeout {
+                service: s(),
+                timeout: d,
+            },
+            PolicyError::BodyUnreadable { detail: s() },
+            PolicyError::BodyEncoded {
+                encoding: s(),
+                operation: "",
+            },
+            PolicyError::InvalidJson { detail: s() },
+            PolicyError::JsonNotObject,
+            PolicyError::DuplicateKey { key: s() },
+            PolicyError::UrlMissing { operation: "" },
+            PolicyError::UrlNotString { kind: "" },
+        ];
+        url.iter().for_each(url_variant);
+        policy.extend(url.into_iter().map(PolicyError::ImageUrl));
+        let upstream = vec![
+            UpstreamError::Unreachable {
+                service: s(),
+                upstream: s(),
+                source: client_error().await,
+            },
+            UpstreamError::Failed {
+                service: s(),
+                upstream: s(),
+                source: client_error().await,
+            },
+            UpstreamError::Timeout {
+                service: s(),
+                upstream: s(),
+                timeout: d,
+            },
+            UpstreamError::CatalogTooLarge {
+                service: s(),
+                upstream: s(),
+                limit: 1,
+            },
+            UpstreamError::CatalogRead {
+                service: s(),
+                upstream: s(),
+                source: "cut".into(),
+            },
+            UpstreamError::CatalogTimeout {
+                service: s(),
+                upstream: s(),
+                timeout: d,
+            },
+        ];
+        policy.iter().for_each(policy_variant);
+        upstream.iter().for_each(upstream_variant);
+        let mut all = vec![
+            ProxyError::AbsoluteForm,
+            ProxyError::Connect,
+            ProxyError::NoRoute {
+                path: s(),
+                known: s(),
+            },
+            ProxyError::InvalidPath { path: s() },
+            ProxyError::Overloaded { limit: 1 },
+            ProxyError::ClientBodyStalled {
+                service: s(),
+                timeout: d,
+            },
+            ProxyError::ClientAborted {
+                service: s(),
+                source: client_error().await,
+            },
+            ProxyError::ClientBodyInvalid {
+                service: s(),
+                source: client_error().await,
+            },
+            ProxyError::Misdirected {
+                host: s(),
+                authority: s(),
+            },
+            ProxyError::InterceptedServiceGone { service: s() },
+            ProxyError::AsteriskForm { method: s() },
+            ProxyError::MissingRequiredHeader { header: s() },
+            ProxyError::ServiceOverloaded {
+                service: s(),
+                limit: 1,
+            },
+        ];
+        all.extend(policy.into_iter().map(ProxyError::Policy));
+        all.extend(upstream.into_iter().map(ProxyError::Upstream));
+        all.iter().for_each(proxy_variant);
+        all
+    }
+
+    #[tokio::test]
+    async fn every_error_answers_with_a_listed_code() {
+        let mut produced = BTreeSet::new();
+        for e in samples().await {
+            let code = e.code();
+            assert!(
+                ERROR_CODES.contains(&code),
+                "{code} ({e:?}) is missing from ERROR_CODES"
+            );
+            produced.insert(code);
+            // The response carries the same code.
+            let resp = e.to_response();
+            assert_eq!(
+                resp.extensions().get::<ErrorCode>().map(|c| c.0),
+                Some(code)
+            );
+        }
+        // And no listed code is one no error has.
+        assert_eq!(produced, ERROR_CODES.iter().copied().collect());
+        let unique: BTreeSet<_> = codes().collect();
+        assert_eq!(unique.len(), codes().count(), "a code is listed twice");
     }
 }
