@@ -148,6 +148,45 @@ mod tests {
                 "{err}"
             );
             std::env::remove_var("SCP_PROXY_SERVER__LISTN");
+            // Any key of the model can be overridden, with no list to keep: one per section.
+            for (var, value) in [
+                ("SCP_PROXY_SERVER__REQUIRE_HEADER", "X-Scp-Proxy"),
+                ("SCP_PROXY_CREDENTIALS__CLIENT_TYPE", "Cli"),
+                ("SCP_PROXY_ROUTING__REWRITE_ENDPOINT_CATALOG", "false"),
+                (
+                    "SCP_PROXY_SERVICES__VIRTUALSERVER__MAX_CONCURRENT_REQUESTS",
+                    "7",
+                ),
+                (
+                    "SCP_PROXY_SERVICES__VIRTUALSERVER__RETRY__MAX_ATTEMPTS",
+                    "3",
+                ),
+                ("SCP_PROXY_EMULATOR__IMPORT_DELAY", "1s"),
+                ("SCP_PROXY_AUDIT__FILE", "audit.jsonl"),
+                ("SCP_PROXY_TELEMETRY__SERVICE_NAME", "sidecar"),
+                ("SCP_PROXY_FORWARD_PROXY__LISTEN", "127.0.0.1:8443"),
+            ] {
+                jail.set_env(var, value);
+            }
+            let c = profile(jail, "p").unwrap();
+            let vs = c.service("virtualserver").unwrap();
+            assert_eq!(c.server.require_header.as_deref(), Some("X-Scp-Proxy"));
+            assert_eq!(c.credentials.client_type, "Cli");
+            assert!(!c.routing.rewrite_endpoint_catalog);
+            assert_eq!(
+                (vs.max_concurrent_requests, vs.retry.max_attempts),
+                (Some(7), 3)
+            );
+            assert_eq!(c.emulator.import_delay, Duration::from_secs(1));
+            assert_eq!(
+                c.audit.file.as_deref(),
+                Some(std::path::Path::new("audit.jsonl"))
+            );
+            assert_eq!(c.telemetry.service_name, "sidecar");
+            assert_eq!(
+                c.forward_proxy.listen,
+                Some("127.0.0.1:8443".parse().unwrap())
+            );
             // A bad value from the environment: the key, and where it came from.
             jail.set_env("SCP_PROXY_SERVICES__VIRTUALSERVER__API_VERSION", "v2");
             let err = profile(jail, "p").unwrap_err().to_string();
