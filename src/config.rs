@@ -7,11 +7,13 @@
 //! `SCP_PROXY_PORT`-style service links into every pod. Every error names the key and where
 //! its value came from (the file, or the environment).
 //!
-//! The parts: [`model`] (the types, as deserialized), [`load`] (sources and layering),
+//! The parts: [`model`] (the types, as deserialized), [`forms`] (how each field is written),
+//! [`load`] (sources and layering),
 //! [`validate`] (what serde cannot check alone), [`render`] (check-config's view).
 
 use std::path::PathBuf;
 
+mod forms;
 mod load;
 mod model;
 mod render;

@@ -228,7 +228,7 @@ pub(super) fn describe_load(e: &figment::Error) -> String {
 /// no `__`, so their one key is never a section.
 fn is_config_key(key: &str) -> bool {
     let section = key.split('.').next().unwrap_or_default();
-    super::model::sections().contains(&section)
+    super::forms::sections().contains(&section)
 }
 
 /// Loads and validates configuration (but not the secret: see `credentials`).

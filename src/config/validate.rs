@@ -403,7 +403,7 @@ fn is_header_safe(s: &str) -> bool {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::super::model::operation_version;
+    use super::super::forms::operation_version;
     use super::*;
 
     #[test]
