@@ -75,6 +75,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Room for what the layers below add (request id, traceparent, version, five Scp-*
+        // headers): hyper sizes the map to the client's headers, and each insert past that
+        // would grow it again (three growths per proxied GET).
+        req.headers_mut().reserve(8);
         let mut sent = req.headers().get_all(&X_REQUEST_ID).iter();
         let kept = match (sent.next(), sent.next()) {
             (Some(v), None) if is_acceptable_id(v.as_bytes()) => Ok(v.clone()),
