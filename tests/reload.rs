@@ -134,18 +134,21 @@ async fn sighup_adds_a_service_and_refuses_a_bad_configuration() {
         "{}",
         p.log()
     );
-    let log = p.log();
+    // The metric is counted before the restart-only notice is logged: wait for the line too.
+    let log = poll_until(WAIT, || async {
+        let log = p.log();
+        (log.contains("applies on restart only")
+            && log.contains("server.listen (127.0.0.1:0 -> 127.0.0.1:1)"))
+        .then_some(log)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no restart-only notice; log:\n{}", p.log()));
     for line in log
         .lines()
         .filter(|l| l.contains("reload") || l.contains("restart only") || l.contains("\"added\""))
     {
         println!("{line}");
     }
-    assert!(
-        log.contains("applies on restart only")
-            && log.contains("server.listen (127.0.0.1:0 -> 127.0.0.1:1)"),
-        "{log}"
-    );
     // The old allowlist is back and the proxy still listens where it did.
     assert_eq!(send(&client(), get(p.addr, "/v1/servers")).await.0, 200);
     assert!(!log.contains(SECRET));
