@@ -9,6 +9,7 @@
 //! audit file is logged (rate-limited by the log itself) and never fails the request. The
 //! schema is [`Record`] (listed in the README).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io::Write as _;
 use std::pin::Pin;
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, Uri};
 use serde::Serialize;
 use tower::{Layer, Service};
 
@@ -32,20 +33,21 @@ use crate::target::Target;
 /// Response headers SCP (or a gateway in front of it) names its request id in, first wins.
 const UPSTREAM_ID_HEADERS: &[&str] = &["x-scp-request-id", "x-request-id"];
 
-/// One audit record. Field order is the JSON order.
+/// One audit record. Field order is the JSON order. Text borrows from the request's state,
+/// the target and the response where it can (a record is written, then dropped).
 #[derive(Debug, Serialize, PartialEq)]
-pub struct Record {
+pub struct Record<'a> {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
-    pub request_id: String,
+    pub request_id: Cow<'a, str>,
     /// W3C trace id (32 hex digits), when the request carried or was given one.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<&'a str>,
     /// `None` when routing refused the request.
-    pub service: Option<String>,
+    pub service: Option<&'a str>,
     /// `METHOD /pattern`, or `METHOD /path` when no pattern names the path.
-    pub operation: String,
+    pub operation: Cow<'a, str>,
     /// `Scp-Api-Version` sent upstream (`service MAJOR.MINOR`); `None` when nothing was sent.
-    pub api_version: Option<String>,
+    pub api_version: Option<Cow<'a, str>>,
     /// `forwarded`, `refused` (the proxy answered 4xx itself) or `failed` (the proxy answered
     /// 5xx itself: upstream unreachable, timed out, overloaded).
     pub decision: &'static str,
@@ -57,16 +59,16 @@ pub struct Record {
     pub hint: Option<&'static str>,
     /// The upstream's status, when it answered.
     pub upstream_status: Option<u16>,
-    pub upstream_request_id: Option<String>,
+    pub upstream_request_id: Option<Cow<'a, str>>,
     pub latency_ms: f64,
     pub upstream_ms: Option<f64>,
     /// Body sizes when known up front (Content-Length or held bytes).
     pub request_bytes: Option<u64>,
     pub response_bytes: Option<u64>,
-    pub access_key_id: String,
+    pub access_key_id: &'a str,
 }
 
-impl Record {
+impl Record<'_> {
     /// The fields as the `tracing::info!` in [`Sink::write`] records them (strings quoted,
     /// `None` left out), in its order.
     fn text_fields(&self, f: &mut crate::logging::TextFields<'_>) {
@@ -106,7 +108,7 @@ impl Record {
         if let Some(v) = self.response_bytes {
             f.u64("response_bytes", v);
         }
-        f.str("access_key_id", &self.access_key_id);
+        f.str("access_key_id", self.access_key_id);
     }
 }
 
@@ -153,10 +155,10 @@ impl Sink {
             Sink::Log => tracing::info!(
                 target: "audit",
                 time = r.time.as_str(),
-                request_id = r.request_id.as_str(),
-                trace_id = r.trace_id.as_deref(),
-                service = r.service.as_deref(),
-                operation = r.operation.as_str(),
+                request_id = &*r.request_id,
+                trace_id = r.trace_id,
+                service = r.service,
+                operation = &*r.operation,
                 api_version = r.api_version.as_deref(),
                 decision = r.decision,
                 code = r.code,
@@ -168,7 +170,7 @@ impl Sink {
                 upstream_ms = r.upstream_ms,
                 request_bytes = r.request_bytes,
                 response_bytes = r.response_bytes,
-                access_key_id = r.access_key_id.as_str(),
+                access_key_id = r.access_key_id,
             ),
             Sink::File { path, file } => {
                 let mut line = serde_json::to_vec(r).unwrap_or_default();
@@ -235,11 +237,11 @@ where
             started: Instant::now(),
             method: req.method().clone(),
             uri: req.uri().clone(),
-            request_id: header(req.headers(), X_REQUEST_ID.as_str()),
+            request_id: req.headers().get(X_REQUEST_ID.as_str()).cloned(),
             trace_id: req
                 .extensions()
                 .get::<crate::layers::tracecontext::TraceId>()
-                .map(|t| t.to_string()),
+                .map(hex),
             request_bytes: req.body().size_hint().exact(),
         });
         AuditFuture {
@@ -249,10 +251,11 @@ where
     }
 }
 
-fn header(h: &HeaderMap, name: &str) -> String {
-    h.get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default()
+/// The trace id's 32 hex digits, kept for the record to borrow.
+fn hex(id: &crate::layers::tracecontext::TraceId) -> [u8; 32] {
+    let mut out = Vec::with_capacity(32);
+    id.write_hex(&mut out);
+    out.try_into().unwrap_or([b'0'; 32])
 }
 
 struct State {
@@ -260,13 +263,17 @@ struct State {
     started: Instant,
     method: Method,
     uri: Uri,
-    request_id: String,
-    trace_id: Option<String>,
+    request_id: Option<HeaderValue>,
+    trace_id: Option<[u8; 32]>,
     request_bytes: Option<u64>,
 }
 
 impl State {
-    fn record<RB: http_body::Body>(self, resp: &Response<RB>) -> Record {
+    fn record<'a, RB: http_body::Body>(
+        &'a self,
+        resp: &'a Response<RB>,
+        access_key_id: &'a str,
+    ) -> Record<'a> {
         let ext = resp.extensions();
         let code = ext.get::<ErrorCode>().map(|c| c.0);
         let target = ext
@@ -279,24 +286,30 @@ impl State {
             Some(_) => ("failed", None),
         };
         let forwarded = code.is_none();
-        let operation = operation(target, &self.layer.routes, &self.method, &self.uri);
+        let operation = operation_ref(target, &self.layer.routes, &self.method, &self.uri);
         let upstream_request_id = forwarded
             .then(|| {
                 UPSTREAM_ID_HEADERS
                     .iter()
                     .find_map(|n| resp.headers().get(*n))
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()))
             })
             .flatten();
         Record {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            request_id: self.request_id,
-            trace_id: self.trace_id,
-            service: target.map(|t| t.name().to_owned()),
+            request_id: self
+                .request_id
+                .as_ref()
+                .map_or(Cow::Borrowed(""), |v| String::from_utf8_lossy(v.as_bytes())),
+            trace_id: self
+                .trace_id
+                .as_ref()
+                .and_then(|h| std::str::from_utf8(h).ok()),
+            service: target.map(|t| t.name()),
             operation,
             api_version: target
                 .filter(|_| forwarded)
-                .map(|t| String::from_utf8_lossy(t.version_header.as_bytes()).into_owned()),
+                .map(|t| String::from_utf8_lossy(t.version_header.as_bytes())),
             decision,
             code,
             status,
@@ -307,7 +320,7 @@ impl State {
             upstream_ms: ext.get::<UpstreamLatency>().map(|l| millis(l.0)),
             request_bytes: self.request_bytes,
             response_bytes: resp.body().size_hint().exact(),
-            access_key_id: self.layer.store.current().access_key.clone(),
+            access_key_id,
         }
     }
 }
@@ -320,6 +333,16 @@ pub(crate) fn operation(
     method: &Method,
     uri: &Uri,
 ) -> String {
+    operation_ref(target, routes, method, uri).into_owned()
+}
+
+/// [`operation`], borrowing the pattern from the target or the catalog.
+fn operation_ref<'a>(
+    target: Option<&'a Arc<Target>>,
+    routes: &Routes<Target>,
+    method: &Method,
+    uri: &Uri,
+) -> Cow<'a, str> {
     let method = method.as_str();
     // The path as the service saw it: routing strips a `/{service}` prefix.
     let path = match routes.split(uri.path(), None) {
@@ -337,8 +360,8 @@ pub(crate) fn operation(
         rule.or_else(|| operations::find(t.name(), method, path))
     });
     match pattern {
-        Some(p) => p.to_owned(),
-        None => format!("{method} {path}"),
+        Some(p) => Cow::Borrowed(p),
+        None => Cow::Owned(format!("{method} {path}")),
     }
 }
 
@@ -366,8 +389,11 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         if let (Ok(resp), Some(state)) = (&out, this.state.take()) {
-            let sink = state.layer.sink.clone();
-            sink.write(&state.record(resp));
+            let creds = state.layer.store.current();
+            state
+                .layer
+                .sink
+                .write(&state.record(resp, &creds.access_key));
         }
         Poll::Ready(out)
     }
@@ -393,12 +419,12 @@ mod tests {
         }
     }
 
-    fn record(all: bool) -> Record {
+    fn record(all: bool) -> Record<'static> {
         Record {
             time: "2026-12-01T22:46:12.884Z".into(),
             request_id: "ff8b06aa-000000000000".into(),
-            trace_id: all.then(|| "fe71455acbc312a89c3b6ddc5af24d5c".into()),
-            service: all.then(|| "virtual\"server".into()),
+            trace_id: all.then_some("fe71455acbc312a89c3b6ddc5af24d5c"),
+            service: all.then_some("virtual\"server"),
             operation: if all {
                 "GET /v1/\u{1}é\"x y=1".into()
             } else {
@@ -415,7 +441,7 @@ mod tests {
             upstream_ms: all.then_some(0.1 + 0.2),
             request_bytes: all.then_some(0),
             response_bytes: all.then_some(21),
-            access_key_id: "bench-ak".into(),
+            access_key_id: "bench-ak",
         }
     }
 
