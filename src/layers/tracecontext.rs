@@ -37,8 +37,12 @@ pub struct TraceId(pub [u8; 16]);
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+    // One resize, then plain stores: no capacity check per digit.
+    let start = out.len();
+    out.resize(start + 2 * bytes.len(), 0);
+    for (pair, b) in out[start..].chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
