@@ -10,6 +10,12 @@ N requests, `callgrind_control --dump`; so each dump holds only those N requests
 instructions per request and writes the dumps (`callgrind_annotate --inclusive=yes FILE`).
 Bounded: N <= 5000, every wait has a deadline, the proxy is killed by PID at the end.
 
+Reading the numbers: the stack's share (`TraceFuture` inclusive in
+`callgrind_annotate --inclusive=yes get.callgrind`) repeats to within ~1%; the connection task's
+share varies with how the client's bytes arrive between reads (about +-5% of a GET's total since
+HTTP/1 is served per burst), so compare a change inside the stack by its functions, and totals
+over two runs. sha2's `soft::compress` stands in for SHA-NI under valgrind, which lacks it.
+
     python3 scripts/callgrind.py [BINARY] [N] [OUT_DIR]      (default N: 300, OUT_DIR: temp)
 """
 import http.client
