@@ -700,3 +700,49 @@ async fn client_body_failures_are_client_codes_not_upstream_errors() {
         "a broken body was completed upstream"
     );
 }
+
+/// The same over HTTP/2: a client whose upload fails mid-stream resets the stream; the proxy
+/// counts it as `client_aborted`, not as an upstream failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_client_resetting_its_upload_is_client_aborted() {
+    use http_body_util::BodyExt;
+    let (up, proxy, _d) = in_process("").await;
+    let frames: Vec<
+        Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+    > = vec![
+        Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"0123456789",
+        ))),
+        Err("the app gave up".into()),
+    ];
+    let upload = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    let req = http::Request::post(format!("http://{}/v1/upload", proxy.addr))
+        .header("content-type", "application/octet-stream")
+        .header("content-length", "100")
+        .body(upload)
+        .unwrap();
+    // The client's own send fails (its body did); what matters is how the proxy counts it.
+    let sent = tokio::time::timeout(Duration::from_secs(10), h2_client().request(req)).await;
+    assert!(matches!(sent, Ok(Err(_))), "{sent:?}");
+    let admin = proxy.admin_addr;
+    let counted = poll_until(Duration::from_secs(5), || async {
+        (metric(
+            admin,
+            "scp_auth_proxy_rejections_total{code=\"client_aborted\"}",
+        )
+        .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let (_, _, text) = send(&client(), get(admin, "/metrics")).await;
+    let text = String::from_utf8_lossy(&text);
+    assert!(counted.is_some(), "client_aborted not counted:\n{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("status_class=\"5xx\"") || l.contains("upstream_error")),
+        "a client failure was counted as an upstream one:\n{text}"
+    );
+    assert!(up.requests().iter().all(|r| !r.body_complete));
+}
