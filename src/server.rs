@@ -1082,6 +1082,12 @@ async fn serve_h2<S: HttpService>(
 /// response: then hyper is asked to finish (graceful close, without shutting the socket)
 /// and the socket, the service and any bytes read past the response are handed back.
 /// `None`: the connection is over (closed by either side, an error, a timeout).
+///
+/// Taken back at once, a fresh connection per request costs about 10,000 instructions
+/// (callgrind, GET back to back: 111k vs 101k). Waiting 10 or 100 ms first avoids that but
+/// fragments glibc's heap (the small per-connection state lands between buffers still in
+/// use): 6.2 / 20 KB per idle connection instead of 1.5 (jemalloc, which keeps sizes apart:
+/// 2.2 KB with 100 ms), so without another allocator the connection goes back at once.
 async fn h1_burst<S: HttpService>(
     builders: &Builders,
     stream: &Arc<Stream>,
