@@ -104,7 +104,7 @@ pub struct AccessLine<'a> {
     pub upstream: Option<Duration>,
     pub total: Duration,
     pub error_code: Option<&'static str>,
-    pub trace_id: Option<crate::layers::tracecontext::TraceId>,
+    pub trace_id: Option<crate::telemetry::TraceId>,
 }
 
 /// Writes `line` straight into the log buffer, as tracing's formatter would have written the
@@ -577,7 +577,7 @@ mod tests {
         let mut l = line("/v1/\"q\"\t", b"id-1");
         l.request_id_replaced = true;
         l.error_code = Some("upstream_timeout");
-        l.trace_id = Some(crate::layers::tracecontext::TraceId([0xab; 16]));
+        l.trace_id = Some(crate::telemetry::TraceId([0xab; 16]));
         let mut out = Vec::new();
         format_json(&mut out, at(), &l);
         assert_eq!(out.last(), Some(&b'\n'));

@@ -12,13 +12,17 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
+use tokio::sync::Semaphore;
 
 use crate::config::{Config, ServiceConfig, Upstream};
 use crate::forward::{client_for, Egress, Endpoint, HttpClient, TlsSetupError};
-use crate::layers::limit::ServiceShare;
 use crate::metrics::{Metrics, RuleLabel};
 use crate::policy::allowlist::Allowlist;
 use crate::route::{self, Destination, Routed, Routes};
+
+pub mod retry;
+
+pub use retry::RetryPolicy;
 
 /// A request routed to a [`Target`]: the only input of the layers below routing.
 pub type RoutedRequest<B> = Routed<Target, B>;
@@ -43,7 +47,7 @@ pub struct Target {
     /// The pooled upstream client, connecting directly or through the egress proxy.
     pub client: HttpClient,
     /// `services.NAME.retry`, with the service's retry budget.
-    pub retry: crate::layers::retry::RetryPolicy,
+    pub retry: RetryPolicy,
     /// `services.NAME.max_concurrent_requests`: this service's share of requests in flight.
     pub(crate) share: Option<ServiceShare>,
 }
@@ -65,6 +69,23 @@ pub struct AllowlistState {
     /// One per rule, in rule order.
     pub allowed: Vec<Counter>,
     pub refused: Counter,
+}
+
+/// One service's share of in-flight requests (`services.NAME.max_concurrent_requests`), kept
+/// in its [`Target`]; the service limit layer (`layers::limit`) takes its permits.
+#[derive(Debug)]
+pub(crate) struct ServiceShare {
+    pub(crate) semaphore: Arc<Semaphore>,
+    pub(crate) limit: usize,
+}
+
+impl ServiceShare {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
 }
 
 /// What an image import URL must match on this service.
@@ -166,8 +187,7 @@ impl Target {
         });
         let serves_endpoint_catalog = serves_endpoint_catalog(&config);
         let client = client_for(&config, egress)?;
-        let retry = crate::layers::retry::RetryPolicy::new(&config.retry)
-            .map_err(|m| invalid("retry.operations", m))?;
+        let retry = RetryPolicy::new(&config.retry).map_err(|m| invalid("retry.operations", m))?;
         Ok(Self {
             label: route::intern(&config.name),
             host,

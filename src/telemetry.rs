@@ -25,6 +25,41 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::TelemetryConfig;
 use crate::metrics::{Metrics, ResultLabel};
 
+/// A request's W3C trace id, set by `layers::tracecontext`; kept here, below the layers, for
+/// the log and span writers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceId(pub [u8; 16]);
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    // One resize, then plain stores: no capacity check per digit.
+    let start = out.len();
+    out.resize(start + 2 * bytes.len(), 0);
+    for (pair, b) in out[start..].chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
+impl TraceId {
+    /// Appends the 32 lower-case hex digits (the log formatter's path, no `fmt` machinery).
+    pub fn write_hex(&self, out: &mut Vec<u8>) {
+        push_hex(out, &self.0);
+    }
+}
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut b = [0u8; 32];
+        for (pair, byte) in b.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        f.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
+    }
+}
+
 /// Spans waiting to be sent; more are dropped (and counted).
 pub const MAX_QUEUE: usize = 4096;
 /// Spans in one POST.
@@ -224,7 +259,7 @@ async fn post(client: &OtlpClient, url: &Uri, body: Vec<u8>) -> Result<(), Strin
 
 fn hex(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(bytes.len() * 2);
-    crate::layers::tracecontext::push_hex(&mut out, bytes);
+    push_hex(&mut out, bytes);
     String::from_utf8(out).unwrap_or_default()
 }
 

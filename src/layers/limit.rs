@@ -76,23 +76,6 @@ where
     }
 }
 
-/// One service's share of in-flight requests (`services.NAME.max_concurrent_requests`), kept
-/// in its [`Target`](crate::target::Target).
-#[derive(Debug)]
-pub(crate) struct ServiceShare {
-    semaphore: Arc<Semaphore>,
-    limit: usize,
-}
-
-impl ServiceShare {
-    pub(crate) fn new(limit: usize) -> Self {
-        Self {
-            semaphore: Arc::new(Semaphore::new(limit)),
-            limit,
-        }
-    }
-}
-
 /// Enforces each routed service's share; services without one pass.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ServiceLimitLayer;

@@ -25,44 +25,11 @@ use tower::{Layer, Service};
 use crate::error::{ErrorCode, ServedBy};
 use crate::route::Routes;
 use crate::target::Target;
-use crate::telemetry::{Attr, Exporter, SpanRecord};
+pub use crate::telemetry::TraceId;
+use crate::telemetry::{push_hex, Attr, Exporter, SpanRecord};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-
-/// A request's W3C trace id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceId(pub [u8; 16]);
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    // One resize, then plain stores: no capacity check per digit.
-    let start = out.len();
-    out.resize(start + 2 * bytes.len(), 0);
-    for (pair, b) in out[start..].chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
-    }
-}
-
-impl TraceId {
-    /// Appends the 32 lower-case hex digits (the log formatter's path, no `fmt` machinery).
-    pub fn write_hex(&self, out: &mut Vec<u8>) {
-        push_hex(out, &self.0);
-    }
-}
-
-impl std::fmt::Display for TraceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut b = [0u8; 32];
-        for (pair, byte) in b.chunks_exact_mut(2).zip(self.0) {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 0xf)];
-        }
-        f.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
-    }
-}
 
 /// The parsed parts of a `traceparent` (version 00, or a later one read as 00).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
