@@ -311,6 +311,15 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
     ]);
 }
 
+/// RFC 3339 UTC with milliseconds (truncated), as `humantime::format_rfc3339_millis` writes it.
+pub(crate) fn rfc3339_millis(now: SystemTime) -> String {
+    let mut out = Vec::with_capacity(27);
+    timestamp(&mut out, now);
+    out.truncate(23);
+    out.push(b'Z');
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// RFC 3339 UTC with microseconds, as tracing-subscriber writes it.
 fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
     let d = now
@@ -636,6 +645,22 @@ mod tests {
                 format!("{v:?}"),
                 "{}",
                 v.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn millis_timestamps_match_humantime() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Any instant from 1970 to 2200, to the nanosecond.
+            let t = std::time::UNIX_EPOCH + Duration::from_nanos(x % 7_258_118_400_000_000_000);
+            assert_eq!(
+                rfc3339_millis(t),
+                humantime::format_rfc3339_millis(t).to_string()
             );
         }
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use http::{HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
 use serde::Serialize;
 use tower::{Layer, Service};
 
@@ -31,7 +31,8 @@ use crate::route::Routes;
 use crate::target::Target;
 
 /// Response headers SCP (or a gateway in front of it) names its request id in, first wins.
-const UPSTREAM_ID_HEADERS: &[&str] = &["x-scp-request-id", "x-request-id"];
+static UPSTREAM_ID_HEADERS: [HeaderName; 2] =
+    [HeaderName::from_static("x-scp-request-id"), X_REQUEST_ID];
 
 /// One audit record. Field order is the JSON order. Text borrows from the request's state,
 /// the target and the response where it can (a record is written, then dropped).
@@ -237,7 +238,7 @@ where
             started: Instant::now(),
             method: req.method().clone(),
             uri: req.uri().clone(),
-            request_id: req.headers().get(X_REQUEST_ID.as_str()).cloned(),
+            request_id: req.headers().get(&X_REQUEST_ID).cloned(),
             trace_id: req
                 .extensions()
                 .get::<crate::layers::tracecontext::TraceId>()
@@ -253,9 +254,13 @@ where
 
 /// The trace id's 32 hex digits, kept for the record to borrow.
 fn hex(id: &crate::layers::tracecontext::TraceId) -> [u8; 32] {
-    let mut out = Vec::with_capacity(32);
-    id.write_hex(&mut out);
-    out.try_into().unwrap_or([b'0'; 32])
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (pair, b) in out.chunks_exact_mut(2).zip(id.0) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+    out
 }
 
 struct State {
@@ -291,12 +296,12 @@ impl State {
             .then(|| {
                 UPSTREAM_ID_HEADERS
                     .iter()
-                    .find_map(|n| resp.headers().get(*n))
+                    .find_map(|n| resp.headers().get(n))
                     .map(|v| String::from_utf8_lossy(v.as_bytes()))
             })
             .flatten();
         Record {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time: crate::logging::rfc3339_millis(SystemTime::now()),
             request_id: self
                 .request_id
                 .as_ref()
