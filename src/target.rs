@@ -4,8 +4,8 @@
 //! Guarantees: each [`Target`] is complete when the proxy starts (its upstream client, its
 //! allowlist with its counters, its version pin, its image-import policy); nothing is looked
 //! up by position or name on the request path, so a layer cannot see another service's state
-//! or none at all. A bad service (an invalid header value, an allowlist rule, a CA file, an
-//! egress proxy setting) fails the start and names the service.
+//! or none at all. A bad service (an invalid header value, a CA file, an egress proxy
+//! setting) fails the start and names the service; its allowlist was parsed at load.
 
 use std::fmt;
 use std::sync::Arc;
@@ -161,8 +161,8 @@ impl Target {
             .map_err(|e| invalid("operation_versions", e.to_string()))?;
         let allowlist = match &config.allow {
             None => None,
-            Some(rules) => {
-                let list = Allowlist::parse(rules).map_err(|m| invalid("allow", m))?;
+            Some(list) => {
+                let list = list.clone();
                 let counter = |rule: &str| {
                     metrics
                         .allowlist

@@ -75,17 +75,14 @@ pub(super) fn api_version<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::
     }
 }
 
-/// Allowlist rules, each `"METHOD /pattern"`; kept as written (the layers parse them once).
+/// `retry.operations` rules, each `"METHOD /pattern"`; kept as written (the retry policy
+/// parses them at start).
 pub(super) fn rules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let all = Vec::<String>::deserialize(d)?;
     for r in &all {
         Rule::parse(r).map_err(D::Error::custom)?;
     }
     Ok(all)
-}
-
-pub(super) fn some_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    rules(d).map(Some)
 }
 
 /// One `[services.NAME.operation_versions]` entry, on its own: a rule a request can match

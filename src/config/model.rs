@@ -15,9 +15,8 @@ use serde::{Deserialize, Serialize};
 pub use super::forms::is_major_minor;
 use super::forms::{
     api_version, authorities, duration, named_services, octal_mode, operation_versions, rules,
-    some_rules,
 };
-use crate::policy::allowlist::Rule;
+use crate::policy::allowlist::{Allowlist, Rule};
 
 /// `[telemetry]`: span export.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -363,9 +362,9 @@ pub struct ServiceConfig {
     pub max_idle_connections: usize,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Allowlist rules, `"METHOD /pattern"` (each parsed here; `None`: everything allowed).
-    #[serde(default, deserialize_with = "some_rules")]
-    pub allow: Option<Vec<String>>,
+    /// Allowlist rules, `"METHOD /pattern"`, parsed here (`None`: everything allowed).
+    #[serde(default)]
+    pub allow: Option<Allowlist>,
     #[serde(default)]
     pub allow_unsupported_version: bool,
     #[serde(default)]

@@ -9,6 +9,7 @@ use figment::Figment;
 use super::load::require_file;
 use super::model::*;
 use super::ConfigError;
+use crate::policy::allowlist::Allowlist;
 
 /// Upper bound for `retry.max_attempts`.
 const MAX_ATTEMPTS: u32 = 5;
@@ -120,7 +121,7 @@ fn check(config: &mut Config, fig: &Figment) -> Result<(), ConfigError> {
         }
         let pins = std::mem::take(&mut s.operation_versions);
         s.operation_versions =
-            order_operation_versions(pins, s.allow.as_deref()).map_err(|(op, m)| {
+            order_operation_versions(pins, s.allow.as_ref()).map_err(|(op, m)| {
                 let k = match op {
                     Some(op) => format!("{}.\"{op}\"", key("operation_versions")),
                     None => key("operation_versions"),
@@ -323,17 +324,16 @@ fn check(config: &mut Config, fig: &Figment) -> Result<(), ConfigError> {
 /// the entry (`Some(pattern)`) when there is one.
 pub(super) fn order_operation_versions(
     pins: Vec<OperationVersion>,
-    allow: Option<&[String]>,
+    allow: Option<&Allowlist>,
 ) -> Result<Vec<OperationVersion>, (Option<String>, String)> {
-    use crate::policy::allowlist::Rule;
     if let Some(allow) = allow {
-        let allowed: Vec<Rule> = allow.iter().filter_map(|r| Rule::parse(r).ok()).collect();
         for pin in &pins {
-            if !allowed.iter().any(|a| a.intersects(&pin.rule)) {
+            if !allow.rules.iter().any(|a| a.intersects(&pin.rule)) {
                 return Err((
                     Some(pin.rule.text.clone()),
                     format!(
-                        "no request can match it: the service's allow list ({allow:?}) refuses every request it names"
+                        "no request can match it: the service's allow list ({}) refuses every request it names",
+                        allow.describe()
                     ),
                 ));
             }
@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn operation_versions_are_ordered_inner_first_and_validated() {
         // Each entry parsed on its own (as its deserializer does), then ordered together.
-        let operation_versions = |pairs: &BTreeMap<String, String>, allow: Option<&[String]>| {
+        let operation_versions = |pairs: &BTreeMap<String, String>, allow: Option<&Allowlist>| {
             let mut pins = Vec::new();
             for (p, v) in pairs {
                 pins.push(operation_version(p, v).map_err(|m| (Some(p.clone()), m))?);
@@ -440,7 +440,7 @@ mod tests {
                 "GET /v1/servers/**"
             ]
         );
-        let err = |pairs: &[(&str, &str)], allow: Option<&[String]>| {
+        let err = |pairs: &[(&str, &str)], allow: Option<&Allowlist>| {
             operation_versions(&map(pairs), allow).unwrap_err()
         };
         let (at, m) = err(&[("GET /v1/x", "v1")], None);
@@ -451,7 +451,7 @@ mod tests {
         assert!(m.contains("\"GET\""), "{m}");
         let (_, m) = err(&[("CONNECT /x", "1.0")], None);
         assert!(m.contains("no request can match"), "{m}");
-        let allow = ["GET /v1/images/**".to_owned()];
+        let allow = Allowlist::parse(&["GET /v1/images/**".to_owned()]).unwrap();
         let (at, m) = err(&[("POST /v1/servers/*", "1.0")], Some(&allow));
         assert_eq!(at.as_deref(), Some("POST /v1/servers/*"));
         assert!(

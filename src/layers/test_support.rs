@@ -16,6 +16,7 @@ use crate::config::{ServiceConfig, Upstream};
 use crate::error::ProxyError;
 use crate::forward::Egress;
 use crate::metrics::Metrics;
+use crate::policy::allowlist::Allowlist;
 use crate::target::{RoutedRequest, Target};
 
 pub type Inner = BoxCloneService<RoutedRequest<Body>, Response<Body>, ProxyError>;
@@ -39,6 +40,12 @@ pub fn service(name: &str) -> ServiceConfig {
         intercept: Vec::new(),
         max_concurrent_requests: None,
     }
+}
+
+/// An allowlist of `rules`, as a configuration's `allow` would give it.
+pub fn allow(rules: &[&str]) -> Allowlist {
+    Allowlist::parse(&rules.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>())
+        .expect("test rules")
 }
 
 /// The per-service state for `cfg`, its allowlist counted in `metrics`.

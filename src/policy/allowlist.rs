@@ -252,10 +252,25 @@ pub(crate) fn non_canonical(path: &str) -> Option<&'static str> {
     None
 }
 
-/// A service's parsed allowlist.
-#[derive(Clone, Debug)]
+/// A service's parsed allowlist. Configuration deserializes straight into it (each rule
+/// parsed once, at load) and writes it back as the rules' text.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "Vec<String>")]
 pub struct Allowlist {
     pub rules: Vec<Rule>,
+}
+
+impl TryFrom<Vec<String>> for Allowlist {
+    type Error = String;
+    fn try_from(rules: Vec<String>) -> Result<Self, String> {
+        Self::parse(&rules)
+    }
+}
+
+impl serde::Serialize for Allowlist {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.rules.iter().map(|r| &r.text))
+    }
 }
 
 /// The outcome for one request.
