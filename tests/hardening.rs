@@ -707,15 +707,30 @@ async fn client_body_failures_are_client_codes_not_upstream_errors() {
 async fn h2_client_resetting_its_upload_is_client_aborted() {
     use http_body_util::BodyExt;
     let (up, proxy, _d) = in_process("").await;
-    let frames: Vec<
-        Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-    > = vec![
-        Ok(http_body::Frame::data(bytes::Bytes::from_static(
+    type Frame = Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+    let data = futures_util::stream::once(async {
+        Frame::Ok(http_body::Frame::data(bytes::Bytes::from_static(
             b"0123456789",
-        ))),
-        Err("the app gave up".into()),
-    ];
-    let upload = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        )))
+    });
+    // The upload fails only once its first bytes reached the upstream: the request is then
+    // surely inside the proxy. Failing at once could reset the stream before the client sent
+    // its HEADERS, and the proxy would never see a request to count.
+    let watch = up.clone();
+    let fail = futures_util::stream::once(async move {
+        let arrived = poll_until(Duration::from_secs(5), || {
+            let w = watch.clone();
+            async move { (w.bytes_received() >= 10).then_some(()) }
+        })
+        .await;
+        assert!(
+            arrived.is_some(),
+            "the first bytes never reached the upstream"
+        );
+        Frame::Err("the app gave up".into())
+    });
+    let upload =
+        http_body_util::StreamBody::new(futures_util::StreamExt::chain(data, fail)).boxed();
     let req = http::Request::post(format!("http://{}/v1/upload", proxy.addr))
         .header("content-type", "application/octet-stream")
         .header("content-length", "100")
