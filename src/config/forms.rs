@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use super::model::{Config, OperationVersion};
+use super::model::{ApiVersion, Config, OperationVersion};
 use crate::policy::allowlist::Rule;
 
 /// Durations written as "30s", "500ms", "2m".
@@ -65,16 +65,6 @@ pub fn is_major_minor(s: &str) -> bool {
     num(a) && num(b)
 }
 
-pub(super) fn api_version<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let v = String::deserialize(d)?;
-    if is_major_minor(&v) {
-        Ok(v)
-    } else {
-        // The value is not quoted back: errors never echo file content.
-        Err(D::Error::custom("is not MAJOR.MINOR (e.g. \"1.3\")"))
-    }
-}
-
 /// `retry.operations` rules, each `"METHOD /pattern"`; kept as written (the retry policy
 /// parses them at start).
 pub(super) fn rules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -90,16 +80,12 @@ pub(super) fn rules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
 /// `validate`'s.
 pub(super) fn operation_version(pattern: &str, version: &str) -> Result<OperationVersion, String> {
     let rule = Rule::parse(pattern)?;
-    if !is_major_minor(version) {
-        return Err("the version is not MAJOR.MINOR (e.g. \"1.0\")".into());
-    }
+    let version = ApiVersion::try_from(version.to_owned())
+        .map_err(|_| "the version is not MAJOR.MINOR (e.g. \"1.0\")".to_owned())?;
     if rule.method() == "CONNECT" {
         return Err("no request can match it: the proxy refuses CONNECT".into());
     }
-    Ok(OperationVersion {
-        rule,
-        version: version.to_owned(),
-    })
+    Ok(OperationVersion { rule, version })
 }
 
 /// `"METHOD /path" = "MAJOR.MINOR"` entries. Each value is read through a seed that knows its

@@ -6,6 +6,7 @@
 //! `deny_unknown_fields` and the sections `forms::sections` reads from `Config`'s derive) and
 //! check-config's view (their `Serialize`).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,9 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::forms::is_major_minor;
-use super::forms::{
-    api_version, authorities, duration, named_services, octal_mode, operation_versions, rules,
-};
+use super::forms::{authorities, duration, named_services, octal_mode, operation_versions, rules};
 use crate::policy::allowlist::{Allowlist, Rule};
 
 /// `[telemetry]`: span export.
@@ -345,9 +344,9 @@ pub struct ServiceConfig {
     /// Required unless the in-process emulator replaces it (checked in `validate`).
     #[serde(default = "Upstream::unset")]
     pub upstream: Upstream,
-    /// `MAJOR.MINOR`; required (checked in `validate`, which can say how to write it).
-    #[serde(default, deserialize_with = "api_version")]
-    pub api_version: String,
+    /// Required (checked in `validate`, which can say how to write it).
+    #[serde(default = "ApiVersion::unset")]
+    pub api_version: ApiVersion,
     /// Default: from the upstream's host name (set in `validate`).
     #[serde(default)]
     pub region: Option<String>,
@@ -388,8 +387,7 @@ pub struct ServiceConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperationVersion {
     pub rule: Rule,
-    /// `MAJOR.MINOR`
-    pub version: String,
+    pub version: ApiVersion,
 }
 
 impl ServiceConfig {
@@ -405,6 +403,73 @@ impl ServiceConfig {
     /// `services.NAME.operation_versions."METHOD /path"`.
     pub fn pin_key(&self, op: Option<&OperationVersion>) -> String {
         self.pin_of(op).key()
+    }
+}
+
+/// An API version pin, `MAJOR.MINOR` (e.g. "1.3"), as `Scp-Api-Version` carries it after the
+/// service name.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ApiVersion(String);
+
+impl TryFrom<String> for ApiVersion {
+    type Error = &'static str;
+    /// The value is not quoted back: errors never echo file content.
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if is_major_minor(&s) {
+            Ok(Self(s))
+        } else {
+            Err("is not MAJOR.MINOR (e.g. \"1.3\")")
+        }
+    }
+}
+
+impl std::str::FromStr for ApiVersion {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+/// Test literals, checked like a file's.
+#[cfg(test)]
+impl From<&str> for ApiVersion {
+    fn from(s: &str) -> Self {
+        s.parse().expect("test api_version is MAJOR.MINOR")
+    }
+}
+
+impl Serialize for ApiVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for ApiVersion {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ApiVersion {
+    /// A service without `api_version` until `validate` refuses it.
+    pub(super) fn unset() -> Self {
+        Self(String::new())
+    }
+
+    pub fn is_unset(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -561,7 +626,7 @@ impl ServiceConfig {
     ) -> crate::policy::lifecycle::Pin<'a> {
         crate::policy::lifecycle::Pin {
             service: &self.name,
-            version: op.map_or(&self.api_version, |o| &o.version),
+            version: op.map_or(&self.api_version, |o| &o.version).as_str(),
             waived: self.allow_unsupported_version,
             upstream: &self.upstream.base,
             op: op.map(|o| &o.rule),
@@ -671,9 +736,14 @@ mod tests {
     fn major_minor() {
         for ok in ["1.3", "10.0", "0.1"] {
             assert!(is_major_minor(ok), "{ok}");
+            assert_eq!(
+                ok.parse::<ApiVersion>().map(|v| v.to_string()),
+                Ok(ok.into())
+            );
         }
-        for bad in ["v1.3", "1", "1.3.0", "1.", ".3", " 1.3", "1.a"] {
+        for bad in ["v1.3", "1", "1.3.0", "1.", ".3", " 1.3", "1.a", ""] {
             assert!(!is_major_minor(bad), "{bad}");
+            assert!(bad.parse::<ApiVersion>().is_err(), "{bad}");
         }
     }
 

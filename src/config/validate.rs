@@ -61,7 +61,7 @@ fn check(config: &mut Config, fig: &Figment) -> Result<(), ConfigError> {
                 format!("missing; set it to the service endpoint, e.g. https://{name}.kr-west1.e.samsungsdscloud.com"),
             ));
         }
-        if s.api_version.is_empty() {
+        if s.api_version.is_unset() {
             return Err(invalid(
                 &key("api_version"),
                 "missing; pin the API version as \"MAJOR.MINOR\", e.g. \"1.3\"".into(),
