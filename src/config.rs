@@ -306,6 +306,14 @@ mod tests {
                     "services.virtualserver.upstream",
                 ),
                 (
+                    "[services.virtualserver]\nallow = [\"GET /v1/**\", \"GET v1\"]\n",
+                    "services.virtualserver.allow",
+                ),
+                (
+                    "[services.virtualserver.retry]\noperations = [\"POST v1\"]\n",
+                    "services.virtualserver.retry.operations.0",
+                ),
+                (
                     "[services.virtualserver]\nupstream = \"ftp://h\"\n",
                     "services.virtualserver.upstream",
                 ),

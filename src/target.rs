@@ -187,7 +187,7 @@ impl Target {
         });
         let serves_endpoint_catalog = serves_endpoint_catalog(&config);
         let client = client_for(&config, egress)?;
-        let retry = RetryPolicy::new(&config.retry).map_err(|m| invalid("retry.operations", m))?;
+        let retry = RetryPolicy::new(&config.retry);
         Ok(Self {
             label: route::intern(&config.name),
             host,

@@ -1,11 +1,11 @@
-//! The forms of the configuration's fields, for serde: how a duration, a file mode, a
-//! version, an allowlist rule, an intercepted authority, the operation pins and the services
-//! table are written, parsed on deserialization (so errors carry the key and the file) and
+//! The forms of the configuration's fields, for serde: how a duration, a file mode, an
+//! intercepted authority, the operation pins and the services table are written (a version,
+//! an upstream and an allowlist rule deserialize themselves: `ApiVersion`, `Upstream`,
+//! `Rule`), parsed on deserialization (so errors carry the key and the file) and
 //! written back for check-config. Messages say what is wrong, never the value.
 
 use std::fmt;
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use super::model::{ApiVersion, Config, OperationVersion};
@@ -63,16 +63,6 @@ pub fn is_major_minor(s: &str) -> bool {
     };
     let num = |x: &str| !x.is_empty() && x.len() <= 4 && x.bytes().all(|c| c.is_ascii_digit());
     num(a) && num(b)
-}
-
-/// `retry.operations` rules, each `"METHOD /pattern"`; kept as written (the retry policy
-/// parses them at start).
-pub(super) fn rules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let all = Vec::<String>::deserialize(d)?;
-    for r in &all {
-        Rule::parse(r).map_err(D::Error::custom)?;
-    }
-    Ok(all)
 }
 
 /// One `[services.NAME.operation_versions]` entry, on its own: a rule a request can match

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::forms::is_major_minor;
-use super::forms::{authorities, duration, named_services, octal_mode, operation_versions, rules};
+use super::forms::{authorities, duration, named_services, octal_mode, operation_versions};
 use crate::policy::allowlist::{Allowlist, Rule};
 
 /// `[telemetry]`: span export.
@@ -221,9 +221,8 @@ pub struct RetryConfig {
     #[serde(with = "duration")]
     pub backoff: Duration,
     /// Operations with other methods than GET, HEAD and OPTIONS that may be retried too, as
-    /// allowlist rules (`"POST /v1/images/*/import"`).
-    #[serde(deserialize_with = "rules")]
-    pub operations: Vec<String>,
+    /// allowlist rules (`"POST /v1/images/*/import"`), parsed here.
+    pub operations: Vec<Rule>,
 }
 
 impl Default for RetryConfig {

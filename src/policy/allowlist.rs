@@ -10,8 +10,10 @@
 //! first refuses paths that are not canonical: `.`/`..` segments (also before a `;`
 //! parameter) and encoded `/`, `.` or `\` (`%2F`, `%2E`, `%5C`, any case), and a raw `\`.
 
-/// One allowlist entry, parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One allowlist entry, parsed; configuration deserializes straight into it and writes it back
+/// as its text.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Rule {
     /// As written in the config, for messages and metrics.
     pub text: String,
@@ -250,6 +252,19 @@ pub(crate) fn non_canonical(path: &str) -> Option<&'static str> {
         return Some("has a `.` or `..` segment");
     }
     None
+}
+
+impl TryFrom<String> for Rule {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
+
+impl serde::Serialize for Rule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
 }
 
 /// A service's parsed allowlist. Configuration deserializes straight into it (each rule
