@@ -207,7 +207,7 @@ pub(super) fn describe_load(e: &figment::Error) -> String {
         let key = dotted(&err.path);
         let origin = match &err.metadata {
             Some(md) => match &md.source {
-                Some(src) => format!(" (in {src})"),
+                Some(src) => format!(" (in {})", source_text(src)),
                 None => format!(" (from {})", md.name),
             },
             None => String::new(),
@@ -219,6 +219,16 @@ pub(super) fn describe_load(e: &figment::Error) -> String {
         });
     }
     lines.join("\n")
+}
+
+/// A source as the user named it. figment's own `Display` shows a file relative to the
+/// current directory (`../.tmpX` for `/tmp/.tmpX` when run from `/tmp/repo`), which is not the
+/// path the user passed.
+pub(crate) fn source_text(src: &figment::Source) -> String {
+    match src {
+        figment::Source::File(path) => path.display().to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Whether an environment key (lower-cased and dotted, as figment presents it) is meant for

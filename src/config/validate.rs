@@ -374,7 +374,7 @@ pub(super) fn order_operation_versions(
 fn origin_of(fig: &Figment, key: &str) -> String {
     match fig.find_metadata(key) {
         Some(md) => match &md.source {
-            Some(src) => format!(" (in {src})"),
+            Some(src) => format!(" (in {})", super::load::source_text(src)),
             None => format!(" (from {})", md.name),
         },
         None => String::new(),
