@@ -357,15 +357,17 @@ async fn connect_to_an_unconfigured_host_is_refused_and_nothing_is_connected() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(DEMO_IMAGE_ID), "{answer}");
-    let m = metrics(s.proxy.admin_addr).await;
-    assert!(
-        m.contains("scp_auth_proxy_connect_refusals_total{reason=\"not_allowed\"} 4"),
-        "{m}"
-    );
-    assert!(
-        m.contains("scp_auth_proxy_requests_total{service=\"virtualserver\",method=\"GET\",status_class=\"2xx\",listener=\"forward\"} 1"),
-        "{m}"
-    );
+    // Counted when the response ends, which the client may see first: poll.
+    let admin = s.proxy.admin_addr;
+    let both = poll_until(Duration::from_secs(5), || async move {
+        let m = metrics(admin).await;
+        (m.contains("scp_auth_proxy_connect_refusals_total{reason=\"not_allowed\"} 4")
+            && m.contains("scp_auth_proxy_requests_total{service=\"virtualserver\",method=\"GET\",status_class=\"2xx\",listener=\"forward\"} 1"))
+        .then_some(())
+    })
+    .await;
+    let m = metrics(admin).await;
+    assert!(both.is_some(), "{m}");
     assert_eq!(up.count(), 0);
 }
 
@@ -416,11 +418,16 @@ async fn tls_naming_another_host_than_the_connect_fails_the_handshake() {
         .await
         .expect_err("the handshake must fail");
     println!("SNI mismatch: {err}");
-    let m = metrics(s.proxy.admin_addr).await;
-    assert!(
-        m.contains("scp_auth_proxy_connect_refusals_total{reason=\"sni_mismatch\"} 1"),
-        "{m}"
-    );
+    // The client sees the alert before the proxy has necessarily counted the refusal.
+    let admin = s.proxy.admin_addr;
+    let counted = poll_until(Duration::from_secs(5), || async move {
+        let m = metrics(admin).await;
+        m.contains("scp_auth_proxy_connect_refusals_total{reason=\"sni_mismatch\"} 1")
+            .then_some(())
+    })
+    .await;
+    let m = metrics(admin).await;
+    assert!(counted.is_some(), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
