@@ -134,10 +134,17 @@ struct State {
 
 impl Drop for State {
     /// Also runs when hyper drops the request because the client went away, so the in-flight
-    /// gauge never drifts upward.
+    /// gauge never drifts upward, and such a request is counted as `client_aborted` (an h2
+    /// client's RST_STREAM can drop the request before its body error reaches the stack).
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
         if !self.answered {
+            self.metrics
+                .rejections
+                .get_or_create(&CodeLabel {
+                    code: "client_aborted",
+                })
+                .inc();
             tracing::debug!(
                 target: "access",
                 request_id = id_str(&self.id),
