@@ -144,22 +144,19 @@ impl EndpointMap {
     ) -> Self {
         let services = services
             .into_iter()
-            .filter_map(|(name, up, intercept)| {
-                let port = up
-                    .authority
-                    .port_u16()
-                    .or_else(|| default_port(up.scheme.as_str()))?;
+            .map(|(name, up, intercept)| {
+                let port = up.port();
                 // Intercepted names are tunnelled, so https; 443 is its default port.
                 let public = intercept.first().map(|a| match a.port_u16() {
                     Some(443) => format!("https://{}", a.host()),
                     _ => format!("https://{a}"),
                 });
-                Some(Service {
+                Service {
                     name: name.to_owned(),
                     host: up.authority.host().to_ascii_lowercase(),
                     port,
                     public,
-                })
+                }
             })
             .collect();
         Self { services, base }

@@ -98,14 +98,7 @@ pub(crate) fn check_loops(
     };
     for svc in services {
         let up = &svc.upstream;
-        let port = up
-            .authority
-            .port_u16()
-            .unwrap_or(if up.scheme == http::uri::Scheme::HTTPS {
-                443
-            } else {
-                80
-            });
+        let port = up.port();
         if let Some((key, listen)) = own(up.authority.host(), port) {
             return Err(StartError::Loop {
                 service: svc.name.clone(),

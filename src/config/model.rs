@@ -482,6 +482,19 @@ pub struct Upstream {
     pub base: String,
 }
 
+impl Upstream {
+    /// The port connections go to: the explicit one, else the scheme's default.
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
+    }
+}
+
 impl TryFrom<String> for Upstream {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
@@ -579,14 +592,7 @@ impl ServiceConfig {
     /// upstream's own (port made explicit) and `intercept`.
     pub fn public_authorities(&self) -> Vec<String> {
         let up = &self.upstream;
-        let port = up
-            .authority
-            .port_u16()
-            .unwrap_or(if up.scheme == http::uri::Scheme::HTTPS {
-                443
-            } else {
-                80
-            });
+        let port = up.port();
         let mut all = vec![format!(
             "{}:{port}",
             up.authority.host().to_ascii_lowercase()
