@@ -9,6 +9,7 @@ pub mod bin;
 pub mod config;
 pub mod poll;
 pub mod python;
+pub mod stream;
 
 // Each test file uses some of these; the rest would warn per file.
 #[allow(unused_imports)]
