@@ -23,8 +23,10 @@
 //!   until no request is in flight after a response, then the socket is taken back (bytes
 //!   hyper read past the response start the next burst), so an idle keep-alive connection
 //!   holds no hyper buffers (measured about 1.5 KB each; an idle HTTP/2 connection keeps
-//!   hyper's, about 22 KB). A connection is taken back only after a request without a body
-//!   (see [`ConnState::had_body`]); after one with a body it stays with hyper until the next.
+//!   hyper's, about 22 KB). A connection is taken back only once hyper is reading the next
+//!   request's head (see [`ConnState::reading_head`]): after a body read to its end, never
+//!   in the middle of one. A body the service left unread makes hyper close the connection
+//!   after the response instead.
 //! - Memory freed by a burst of connections is given back to the system ([`Trim`]).
 
 use std::convert::Infallible;
@@ -355,11 +357,12 @@ struct ConnState {
     /// HTTP/1: the connection must close after the current response (the client asked, an
     /// HTTP/1.0 body without a length, `Connection: close` while draining).
     close_after: AtomicBool,
-    /// HTTP/1: the latest request came with a body. hyper stops reading a body the service
-    /// dropped unread and closes after the response, with the rest of the body possibly in
-    /// its read buffer: such bytes must never be taken for a next request, so a connection
-    /// is taken back from hyper only after a request without a body.
-    had_body: AtomicBool,
+    /// HTTP/1: hyper is reading a request head, so every earlier request was read to its
+    /// end (set by [`HeadClock`], cleared when a request is dispatched). hyper stops reading
+    /// a body the service dropped unread and closes after the response, with the rest of the
+    /// body possibly in its read buffer or the socket: such bytes must never be taken for a
+    /// next request, so a connection is taken back from hyper only while this is true.
+    reading_head: AtomicBool,
     /// Woken when the last request in flight ends.
     quiet: Notify,
 }
@@ -374,7 +377,7 @@ impl ConnState {
             read_at_response_end: AtomicU64::new(0),
             responses: AtomicU64::new(0),
             close_after: AtomicBool::new(false),
-            had_body: AtomicBool::new(false),
+            reading_head: AtomicBool::new(false),
             quiet: Notify::new(),
         }
     }
@@ -415,6 +418,40 @@ impl Drop for InFlight {
         if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             s.quiet.notify_one();
         }
+    }
+}
+
+/// hyper's timer for one HTTP/1 connection. hyper uses it only for the header-read clock,
+/// which it starts each time it begins reading a request head, and it reads a head only
+/// once the previous request has been read to its end and answered (its `Reading::Init`):
+/// so a clock started after a response says that the connection holds no unread body
+/// ([`ConnState::reading_head`]), and wakes the serve loop to take it back. This relies on
+/// hyper (1.x `Conn::poll_read_head` is the clock's only user, and runs only in that state);
+/// the tests of unread and pipelined bodies in tests/hardening*.rs fail if that changes.
+/// Never started, a connection would only stay with hyper until its idle timeout.
+struct HeadClock(Arc<ConnState>);
+
+impl HeadClock {
+    fn head_started(&self) {
+        self.0.reading_head.store(true, Ordering::Relaxed);
+        self.0.quiet.notify_one();
+    }
+}
+
+impl hyper::rt::Timer for HeadClock {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        TokioTimer::new().sleep(duration)
+    }
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.head_started();
+        TokioTimer::new().sleep_until(deadline)
+    }
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        self.head_started();
+        TokioTimer::new().reset(sleep, new_deadline);
+    }
+    fn now(&self) -> Instant {
+        TokioTimer::new().now()
     }
 }
 
@@ -539,10 +576,7 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for PerConnectio
             if !client_keeps_alive(&req) {
                 self.state.close_after.store(true, Ordering::Relaxed);
             }
-            self.state.had_body.store(
-                !http_body::Body::is_end_stream(req.body()),
-                Ordering::Relaxed,
-            );
+            self.state.reading_head.store(false, Ordering::Relaxed);
         }
         let state = self.state.clone();
         let response = self.inner.clone().oneshot(req);
@@ -1111,7 +1145,10 @@ async fn h1_burst<S: HttpService>(
         prefix,
         state: state.clone(),
     });
-    let mut conn = builders.h1.serve_connection(io, svc);
+    // A builder per burst (a copy of a few fields) for the connection's own timer.
+    let mut h1 = builders.h1.clone();
+    h1.timer(HeadClock(state.clone()));
+    let mut conn = h1.serve_connection(io, svc);
     let (result, reusable) =
         drive(Pin::new(&mut conn), state, builders, signals, Mode::Http1).await;
     match result {
@@ -1228,7 +1265,7 @@ async fn drive<C: Graceful + ?Sized>(
             () = state.quiet.notified(), if mode == Mode::Http1 && !closing => {
                 if !state.busy()
                     && state.responses.load(Ordering::Relaxed) > served_before
-                    && !state.had_body.load(Ordering::Relaxed)
+                    && state.reading_head.load(Ordering::Relaxed)
                 {
                     conn.as_mut().graceful();
                     closing = true;
