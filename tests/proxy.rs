@@ -351,3 +351,30 @@ async fn client_gone_mid_request_leaves_no_request_in_flight() {
     let gauge_back = eventually(Duration::from_secs(5), in_flight(0)).await;
     assert!(gauge_back, "{}", proxy.metrics.encode());
 }
+
+/// 64 clients at once, round after round, as the peer bench's load: the upstream pool keeps
+/// every connection (the default `max_idle_connections` is above 64), so no round opens new
+/// ones. With 32 idle slots each round closed and reopened half of them (192 connections in
+/// five rounds instead of 64).
+#[tokio::test]
+async fn sixty_four_concurrent_clients_reuse_upstream_connections() {
+    let (up, proxy, _d) = setup("", "").await;
+    let client = client();
+    let round = || async {
+        let sends = (0..64).map(|_| send(&client, get(proxy.addr, "/v1/slow/50")));
+        for (status, _, _) in futures_util::future::join_all(sends).await {
+            assert_eq!(status, 200);
+        }
+    };
+    round().await;
+    let after_first = up.connections();
+    assert!(after_first >= 32, "64 concurrent requests used {after_first} connections");
+    for _ in 0..4 {
+        round().await;
+    }
+    assert_eq!(
+        up.connections(),
+        after_first,
+        "rounds after the first opened new upstream connections"
+    );
+}

@@ -68,6 +68,8 @@ pub struct RecordingUpstream {
     secret: Arc<Mutex<Vec<u8>>>,
     /// Body bytes received so far, over all requests, counted as they arrive.
     received: Arc<AtomicU64>,
+    /// TCP connections accepted so far.
+    accepted: Arc<AtomicU64>,
 }
 
 impl RecordingUpstream {
@@ -79,6 +81,7 @@ impl RecordingUpstream {
             seen: Arc::default(),
             secret: Arc::new(Mutex::new(secret.as_bytes().to_vec())),
             received: Arc::default(),
+            accepted: Arc::default(),
         };
         let me = up.clone();
         tokio::spawn(async move {
@@ -86,6 +89,7 @@ impl RecordingUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                me.accepted.fetch_add(1, Ordering::Relaxed);
                 let me = me.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -116,6 +120,11 @@ impl RecordingUpstream {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// TCP connections the proxy opened to this upstream so far.
+    pub fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Body bytes received so far (also of requests still in progress).
