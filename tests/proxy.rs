@@ -368,7 +368,10 @@ async fn sixty_four_concurrent_clients_reuse_upstream_connections() {
     };
     round().await;
     let after_first = up.connections();
-    assert!(after_first >= 32, "64 concurrent requests used {after_first} connections");
+    assert!(
+        after_first >= 32,
+        "64 concurrent requests used {after_first} connections"
+    );
     for _ in 0..4 {
         round().await;
     }
