@@ -38,7 +38,6 @@ pub const ERROR_CODES: &[&str] = &[
     "path_not_canonical",
     "body_too_large",
     "body_timeout",
-    "body_unreadable",
     "body_encoded",
     "invalid_json",
     "json_not_object",
@@ -117,6 +116,19 @@ pub enum ProxyError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// The client's request body failed while the proxy read it itself, to check it (image
+    /// import): the same client failures as [`ClientAborted`](Self::ClientAborted) and
+    /// [`ClientBodyInvalid`](Self::ClientBodyInvalid), with their codes; nothing went upstream.
+    #[error("{}", match .failure {
+        ClientFailure::Aborted => format!("the client went away before its request body ended (service {service}); nothing was sent upstream"),
+        ClientFailure::Invalid => format!("the client's request body is malformed (service {service}); nothing was sent upstream: send a valid Content-Length or chunked body"),
+    })]
+    ClientBodyUnread {
+        service: String,
+        failure: ClientFailure,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the asterisk-form target (`{method} *`) is not forwarded: send a path (e.g. `OPTIONS /v1/images`)")]
     AsteriskForm { method: String },
     #[error("the request has no {header} header (server.require_header): requests the app means to send through the proxy must carry it")]
@@ -179,6 +191,37 @@ impl From<Infallible> for ProxyError {
     }
 }
 
+/// How a client's request body failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFailure {
+    /// The client closed or reset the connection (or the h2 stream) before the body's end.
+    Aborted,
+    /// The body's framing was broken (a bad chunk size, say).
+    Invalid,
+}
+
+impl ClientFailure {
+    /// What a failure reading the client's body (an error from hyper's request body, as
+    /// it is or wrapped) was: broken framing if an I/O error in its chain says invalid data
+    /// or input (hyper's chunked decoder: `InvalidInput` for a bad size line, `InvalidData`
+    /// for the rest), otherwise the client went away.
+    pub fn of(err: &(dyn std::error::Error + 'static)) -> ClientFailure {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                )
+            }) {
+                return ClientFailure::Invalid;
+            }
+            cur = e.source();
+        }
+        ClientFailure::Aborted
+    }
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -197,6 +240,7 @@ impl ProxyError {
             // The client is gone; the status only classes the failure (4xx, not 5xx).
             ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
             ProxyError::ClientBodyInvalid { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyUnread { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Policy(p) => p.status(),
             ProxyError::Upstream(
                 UpstreamError::Timeout { .. } | UpstreamError::CatalogTimeout { .. },
@@ -221,6 +265,10 @@ impl ProxyError {
             ProxyError::InterceptedServiceGone { .. } => "intercepted_service_gone",
             ProxyError::ClientAborted { .. } => "client_aborted",
             ProxyError::ClientBodyInvalid { .. } => "client_body_invalid",
+            ProxyError::ClientBodyUnread { failure, .. } => match failure {
+                ClientFailure::Aborted => "client_aborted",
+                ClientFailure::Invalid => "client_body_invalid",
+            },
             ProxyError::Policy(p) => p.code(),
             ProxyError::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             ProxyError::Upstream(UpstreamError::Failed { .. }) => "upstream_error",
@@ -426,6 +474,7 @@ mod tests {
             | ProxyError::ClientBodyStalled { .. }
             | ProxyError::ClientAborted { .. }
             | ProxyError::ClientBodyInvalid { .. }
+            | ProxyError::ClientBodyUnread { .. }
             | ProxyError::Misdirected { .. }
             | ProxyError::InterceptedServiceGone { .. }
             | ProxyError::AsteriskForm { .. }
@@ -454,6 +503,7 @@ mod tests {
             | PolicyError::PathNotCanonical { .. }
             | PolicyError::BodyTooLarge { .. }
             | PolicyError::BodyTimeout { .. }
+            // Never raised (image import answers `ProxyError::ClientBodyUnread`): no sample.
             | PolicyError::BodyUnreadable { .. }
             | PolicyError::BodyEncoded { .. }
             | PolicyError::InvalidJson { .. }
@@ -557,7 +607,6 @@ mod tests {
                 service: s(),
                 timeout: d,
             },
-            PolicyError::BodyUnreadable { detail: s() },
             PolicyError::BodyEncoded {
                 encoding: s(),
                 operation: "",
@@ -624,6 +673,16 @@ mod tests {
             ProxyError::ClientBodyInvalid {
                 service: s(),
                 source: client_error().await,
+            },
+            ProxyError::ClientBodyUnread {
+                service: s(),
+                failure: ClientFailure::Aborted,
+                source: "gone".into(),
+            },
+            ProxyError::ClientBodyUnread {
+                service: s(),
+                failure: ClientFailure::Invalid,
+                source: std::io::Error::from(std::io::ErrorKind::InvalidData).into(),
             },
             ProxyError::Misdirected {
                 host: s(),

@@ -701,6 +701,67 @@ async fn client_body_failures_are_client_codes_not_upstream_errors() {
     );
 }
 
+/// The same for a body the proxy reads itself, to check it (an image import): broken framing
+/// is `client_body_invalid`, a client gone before the body's end `client_aborted` (once
+/// `body_unreadable`, which was no `client_*` code); 4xx, nothing sent upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_body_the_client_breaks_is_a_client_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, proxy, _d) = in_process("").await;
+    let out = raw(
+        proxy.addr,
+        b"POST /v1/images/img-1/import HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{\"\r\nzz\r\nurl\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(
+        error_code(&bytes::Bytes::from(body.to_owned())),
+        "client_body_invalid",
+        "{out}"
+    );
+
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/images/img-1/import HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"url\": ",
+    )
+    .await
+    .unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(
+        error_code(&bytes::Bytes::from(body.to_owned())),
+        "client_aborted",
+        "{answer}"
+    );
+
+    let admin = proxy.admin_addr;
+    for code in ["client_body_invalid", "client_aborted"] {
+        let series = format!("scp_auth_proxy_rejections_total{{code=\"{code}\"}}");
+        let counted = poll_until(Duration::from_secs(5), || {
+            let series = series.clone();
+            async move { (metric(admin, &series).await >= 1.0).then_some(()) }
+        })
+        .await;
+        assert!(counted.is_some(), "{code} not counted");
+    }
+    let (_, _, text) = send(&client(), get(admin, "/metrics")).await;
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("status_class=\"5xx\"") || l.contains("body_unreadable")),
+        "{text}"
+    );
+    assert_eq!(up.count(), 0, "{:?}", up.requests());
+}
+
 /// The same over HTTP/2: a client whose upload fails mid-stream resets the stream; the proxy
 /// counts it as `client_aborted`, not as an upstream failure.
 #[tokio::test(flavor = "multi_thread")]

@@ -7,6 +7,8 @@
 //!   413 `body_too_large`, without reading further;
 //! - a body not complete within the service's `timeout`: 408 `body_timeout`;
 //! - a `Content-Encoding` other than `identity`: 415 `body_encoded`;
+//! - a body the client breaks off or mis-frames while it is read: 400 `client_aborted` /
+//!   `client_body_invalid`, as when a body is forwarded;
 //! - a body that breaks a rule: 400 with that rule's code;
 //! - otherwise the exact bytes received go on, with a matching `Content-Length`.
 //!
@@ -27,7 +29,7 @@ use tower::{Layer, Service};
 
 use super::ReqBody;
 use crate::credentials::{CredentialStore, Credentials};
-use crate::error::ProxyError;
+use crate::error::{ClientFailure, ProxyError};
 use crate::policy::image_import::{self, Operation};
 use crate::policy::image_url::Expect;
 use crate::policy::PolicyError;
@@ -209,16 +211,22 @@ impl<S> Pending<S> {
             Err(_) => Err(PolicyError::BodyTimeout {
                 service: svc.name.clone(),
                 timeout: svc.timeout,
-            }),
+            }
+            .into()),
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 Err(PolicyError::BodyTooLarge {
                     limit: self.max_body,
                     operation: self.op.describe(),
-                })
+                }
+                .into())
             }
-            Ok(Err(e)) => Err(PolicyError::BodyUnreadable {
-                detail: e.to_string(),
+            // The client's failure (it went away, or broke the framing), as for a body
+            // being forwarded: a `client_*` code, 4xx, logged at debug.
+            Ok(Err(e)) => Err(ProxyError::ClientBodyUnread {
+                service: svc.name.clone(),
+                failure: ClientFailure::of(&*e),
+                source: e,
             }),
         }?;
         let policy = target.image_import.as_ref();
