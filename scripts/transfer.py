@@ -13,20 +13,22 @@ log on (to a file), and a raw-socket client. Each transfer moves SIZE bytes of a
   answers chunked. The client counts and CRC-32s what arrives.
 
 Each kind runs direct (client -> upstream) and proxied (client -> proxy -> upstream), interleaved,
-ROUNDS times; medians are reported with their ratio and the proxy's CPU time per GiB (utime +
-stime from /proc/PID/stat, steadier than throughput on a busy machine), and every transfer's byte
-count and CRC-32 are checked. `--nginx` adds nginx as a plain streaming reverse proxy in front of
-the same upstream, the reference for what an unsigned proxy costs. The proxy's VmHWM (peak RSS, /proc/PID/status) is read after a warm-up request,
-before the first large transfer, and after each one. `--tls` adds the same set against an HTTPS
-upstream (the test CA in tests/fixtures/tls, trusted through the service's `ca_file`); its direct
-baseline is the client speaking TLS to the upstream itself.
+ROUNDS times; medians are reported with their ratio and the proxy's CPU time per GiB (from
+/proc/PID/task/*/schedstat; steadier than throughput on a busy machine), and every transfer's
+byte count and CRC-32 are checked. The proxy's VmHWM (peak RSS, /proc/PID/status) is read after
+a warm-up, before the first large transfer, and after each one. `--tls` adds the same set
+against an HTTPS upstream (the test CA in tests/fixtures/tls, trusted through the service's
+`ca_file`); its direct baseline is the client speaking TLS to the upstream itself. `--nginx` adds
+nginx as a plain streaming reverse proxy in front of the same upstream: what an unsigned proxy
+costs, for reference.
 
 Sender and receiver do the same work in both paths (the receiver's CRC-32 runs at ~4 GB/s here;
 `--no-verify` drops it and checks only the byte count), so the ratio is the proxy's cost. Bounded:
 SIZE <= 4 GiB, every socket operation has a timeout, the whole run a deadline; every process it
 starts is killed by PID at the end. 127.0.0.1 only.
 
-    python3 scripts/transfer.py [--size-mib 1024] [--rounds 3] [--tls] [--only KIND,...] [--no-verify]
+    python3 scripts/transfer.py [--size-mib 1024] [--rounds 3] [--tls | --upstreams tls]
+        [--only KIND,...] [--no-verify] [--nginx] [--pin CPU] [--server 'KEY = VALUE']
 """
 import argparse
 import json
@@ -279,10 +281,16 @@ def status_kib(pid, field):
 
 
 def cpu_seconds(pid):
-    """User + system CPU time a process (all its threads) has used."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time a process's threads have used: the sum of /proc/PID/task/*/schedstat's
+    on-CPU nanoseconds (utime + stime in clock ticks is too coarse for a second's work)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return total / 1e9
 
 
 def timed_cpu(pid, run):
@@ -421,6 +429,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tls", action="store_true", help="also through an HTTPS upstream")
+    ap.add_argument("--upstreams", help="plain, tls or plain,tls (overrides --tls)")
     ap.add_argument("--only", default=",".join(KINDS))
     ap.add_argument("--no-verify", dest="verify", action="store_false")
     ap.add_argument("--nginx", action="store_true",
@@ -463,7 +472,9 @@ def main():
             procs.append(nginx)
         else:
             nginx = None
-        modes = [("plain", False)] + ([("tls", True)] if a.tls else [])
+        names = (a.upstreams or ("plain,tls" if a.tls else "plain")).split(",")
+        assert all(n in ("plain", "tls") for n in names), "upstreams: plain, tls"
+        modes = [(n, n == "tls") for n in names]
         # A warm-up through the proxy (small, every kind and upstream), so the first reading
         # holds the runtime, the connection machinery and the pools, not just the start.
         small = 1 << 16
