@@ -268,9 +268,37 @@ impl Stream {
         }
     }
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_read(buf),
-            Stream::Unix(s) => s.try_read(buf),
+        // SAFETY: `buf` is valid for writes of its length.
+        unsafe { self.try_read_raw(buf.as_mut_ptr(), buf.len()) }
+    }
+    /// One `recv` into `len` bytes at `ptr`. A short read (some bytes, fewer than asked) drained
+    /// the socket, so it also clears tokio's read readiness, as tokio's own `poll_read` does:
+    /// the next read then waits for epoll's next edge instead of costing a `recvfrom` that only
+    /// says EAGAIN (one per request before: hyper reads again after parsing a head). Cleared
+    /// through `try_io`, which clears only the readiness it saw before the read, so an edge
+    /// that arrives meanwhile is kept.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes.
+    unsafe fn try_read_raw(&self, ptr: *mut u8, len: usize) -> io::Result<usize> {
+        let mut short = None;
+        let mut recv = |fd: std::os::fd::RawFd| {
+            // SAFETY: the caller's contract; recv writes at most `len` bytes there.
+            let n = unsafe { libc::recv(fd, ptr.cast(), len, 0) };
+            let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+            if n > 0 && n < len {
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        };
+        let r = match self {
+            Stream::Tcp(s) => s.try_io(tokio::io::Interest::READABLE, || recv(s.as_raw_fd())),
+            Stream::Unix(s) => s.try_io(tokio::io::Interest::READABLE, || recv(s.as_raw_fd())),
+        };
+        match short {
+            Some(n) => Ok(n),
+            None => r,
         }
     }
     /// Reads into `buf`'s unfilled part as it is: `ReadBuf::initialize_unfilled` would zero
@@ -279,11 +307,8 @@ impl Stream {
     fn try_read_buf(&self, buf: &mut ReadBuf<'_>) -> io::Result<()> {
         // SAFETY: the socket read only writes into these bytes (it never de-initialises any),
         // and only the `n` bytes it reports written are then marked initialised and filled.
-        let mut unfilled = unsafe { buf.unfilled_mut() };
-        let n = match self {
-            Stream::Tcp(s) => s.try_read_buf(&mut unfilled)?,
-            Stream::Unix(s) => s.try_read_buf(&mut unfilled)?,
-        };
+        let unfilled = unsafe { buf.unfilled_mut() };
+        let n = unsafe { self.try_read_raw(unfilled.as_mut_ptr().cast(), unfilled.len())? };
         // SAFETY: as above: the read initialised exactly `n` bytes of the unfilled part.
         unsafe { buf.assume_init(n) };
         buf.advance(n);
@@ -1328,6 +1353,40 @@ async fn drive<C: Graceful + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A short read clears the read readiness (no EAGAIN read after it), and bytes that arrive
+    /// later still wake the reader: the cleared readiness is never an edge that was lost.
+    #[tokio::test]
+    async fn short_read_clears_readiness_and_later_bytes_still_wake() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let stream = Stream::Tcp(listener.accept().await.unwrap().0);
+        let mut buf = [0u8; 64];
+        for round in 0..50u8 {
+            client.write_all(&[round; 10]).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read_some(&mut buf))
+                .await
+                .expect("bytes written after a short read must wake the reader")
+                .unwrap();
+            assert_eq!(&buf[..n], &[round; 10][..n]);
+            assert!(n > 0);
+            // After the short read the socket counts as not ready: polling does not report
+            // it readable until new bytes arrive.
+            let ready = std::future::poll_fn(|cx| Poll::Ready(stream.poll_read_ready(cx))).await;
+            assert!(
+                ready.is_pending(),
+                "round {round}: readiness kept after a short read"
+            );
+            // The rest of a split write, if any, arrives on the next read.
+            let mut got = n;
+            while got < 10 {
+                got += stream.read_some(&mut buf).await.unwrap();
+            }
+        }
+    }
 
     #[test]
     fn fd_budget_keeps_a_reserve_and_room_for_upstreams() {
