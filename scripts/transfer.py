@@ -27,6 +27,16 @@ Sender and receiver do the same work in both paths (the receiver's CRC-32 runs a
 SIZE <= 4 GiB, every socket operation has a timeout, the whole run a deadline; every process it
 starts is killed by PID at the end. 127.0.0.1 only.
 
+Reading the numbers: on loopback a direct transfer is two kernel copies (the sender's into the
+socket, the receiver's out of it), one per core; a proxy adds two more and a wake-up per read,
+and on a 2-CPU machine three busy processes share the two cores. So with a receiver that only
+counts (`--no-verify`, ~10 GB/s direct here) no copying proxy comes near the direct rate (nginx
+with buffering off neither); with the default receiver, which touches every byte as an
+application would, the ratio shows whether the proxy slows the transfer down. With `--tls` the
+direct baseline is Python's TLS at both ends, the proxied one at one end only, so a proxied
+rate above the direct one is that baseline's limit, not a gain. Proxy CPU per GiB and VmHWM are
+the figures that compare across runs on a busy machine; throughput repeats only on a quiet one.
+
     python3 scripts/transfer.py [--size-mib 1024] [--rounds 3] [--tls | --upstreams tls]
         [--only KIND,...] [--no-verify] [--nginx] [--pin CPU] [--server 'KEY = VALUE']
 """
