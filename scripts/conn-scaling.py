@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""CPU per request and peak memory as client connections grow (64 to 1,024 by default).
+
+For each target and each connection count, a fresh target process is started pinned to CPU 0
+(`taskset`), a warm-up wrk run fills its pools, then one measured wrk run (`wrk -t1 -cN`, pinned
+to CPU 1, GET /v1/images?limit=10) is taken. CPU per request is the target's own utime+stime
+(from /proc/PID/stat) over the run divided by the requests wrk counted, so it does not depend
+on how fast wrk or the upstream are; VmHWM is the peak resident memory, read at the end.
+
+Targets:
+  E  scp-auth-proxy (argv BINARY, default target/release/scp-auth-proxy), access log on (to a
+     file), the same configuration as the peer bench's target E.
+  B  nginx proxying without signing (`keepalive 64` upstream pool, as the peer bench's B),
+     when nginx is installed; the ratio E/B is printed for each connection count.
+The upstream is nginx answering 202 (`return 202`) on CPU 1; without nginx the script stops.
+
+    python3 scripts/conn-scaling.py [BINARY] [--conns 64,256,1024] [--secs 5] [--rounds 1]
+        [--set KEY=VALUE ...]        extra lines for [services.virtualserver] (E only)
+
+Bounded: every wait has a deadline, every process it starts is killed by PID, 127.0.0.1 only.
+Needs: wrk, nginx, taskset, and an open-file limit above the largest connection count.
+"""
+import argparse
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, within=20):
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"a target exited before listening on {port} (see its log)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listened on 127.0.0.1:{port} within {within} s")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
+    return int(m.group(1))
+
+
+def nginx_conf(work, name, port, body):
+    path = os.path.join(work, f"{name}.conf")
+    if name == "B":
+        location = ('location / { proxy_pass http://up; proxy_http_version 1.1; '
+                    'proxy_set_header Connection ""; }')
+    else:
+        location = "location / { return 202 '{\"status\":\"accepted\"}\\n'; }"
+    with open(path, "w") as f:
+        f.write(f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/{name}.pid;
+error_log {work}/{name}.error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {work}/{name}-body;
+    proxy_temp_path {work}/{name}-proxy;
+    fastcgi_temp_path {work}/{name}-fcgi;
+    uwsgi_temp_path {work}/{name}-uwsgi;
+    scgi_temp_path {work}/{name}-scgi;
+{body}
+    server {{ listen 127.0.0.1:{port} backlog=4096; {location} }}
+}}
+""")
+    return path
+
+
+def wrk(port, conns, secs):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "5s",
+         f"http://127.0.0.1:{port}/v1/images?limit=10"],
+        capture_output=True, text=True, timeout=secs + 30)
+    m = re.search(r"(\d+) requests in", out.stdout)
+    if not m:
+        raise SystemExit(f"wrk printed no request count:\n{out.stdout}{out.stderr}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    sock = re.search(r"Socket errors: (.*)", out.stdout)
+    return int(m.group(1)), (int(errors.group(1)) if errors else 0), (sock.group(1) if sock else "")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("binary", nargs="?", default="target/release/scp-auth-proxy")
+    ap.add_argument("--conns", default="64,256,1024")
+    ap.add_argument("--secs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    conns = [int(c) for c in args.conns.split(",")]
+    assert all(0 < c <= 10000 for c in conns) and 0 < args.secs <= 60 and 0 < args.rounds <= 5
+    for tool in ("wrk", "nginx", "taskset"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(conns) * 3 + 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    if want < max(conns) * 2 + 64:
+        raise SystemExit(f"open-file hard limit {hard} is too low for {max(conns)} connections")
+
+    work = tempfile.mkdtemp(prefix="conn-scaling-")
+    procs = []
+
+    def start(cmd, log, env=None):
+        p = subprocess.Popen(["taskset", "-c", "0", *cmd] if log != "upstream" else
+                             ["taskset", "-c", "1", *cmd],
+                             stdout=open(os.path.join(work, f"{log}.log"), "wb"),
+                             stderr=subprocess.STDOUT, env=env)
+        procs.append(p)
+        return p
+
+    def stop(p):
+        p.kill()
+        p.wait(timeout=30)
+        procs.remove(p)
+
+    try:
+        up_port = free_port()
+        upstream = start(["nginx", "-p", work, "-c", nginx_conf(work, "U", up_port, "")], "upstream")
+        wait_port(up_port, upstream)
+
+        secret = os.path.join(work, "secret")
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as s:
+            s.write("conn-scaling-secret-0123456789\n")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SCP_PROXY_") and k != "SCP_SECRET_KEY"}
+        extra = "\n".join(args.set)
+
+        def start_e():
+            port, admin = free_port(), free_port()
+            config = os.path.join(work, "proxy.toml")
+            with open(config, "w") as c:
+                c.write(f"""
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+check_live_versions = false
+[credentials]
+access_key = "bench-ak"
+secret_key_file = "{secret}"
+account_id = "bench-account"
+[routing]
+default_service = "virtualserver"
+[services.virtualserver]
+upstream = "http://127.0.0.1:{up_port}"
+api_version = "1.3"
+region = "kr-west1"
+{extra}
+""")
+            return start([os.path.abspath(args.binary), "--config", config], "E", env), port
+
+        def start_b():
+            port = free_port()
+            pool = f"    upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; keepalive_requests 1000000; }}"
+            return start(["nginx", "-p", work, "-c", nginx_conf(work, "B", port, pool)], "B"), port
+
+        targets = [("E", start_e)] + [("B", start_b)]
+        rows = {}
+        print(f"{'target':6} {'conns':>5} {'req/s':>8} {'CPU/req':>8} {'VmHWM':>9} {'errors':>6}")
+        for rnd in range(args.rounds):
+            for n in conns:
+                for name, starter in targets:
+                    proc, port = starter()
+                    wait_port(port, proc)
+                    wrk(port, n, 2)  # warm-up: pools, buffers, page faults
+                    cpu0 = cpu_seconds(proc.pid)
+                    t0 = time.time()
+                    count, bad, sock = wrk(port, n, args.secs)
+                    elapsed = time.time() - t0
+                    cpu = cpu_seconds(proc.pid) - cpu0
+                    hwm = status_kib(proc.pid, "VmHWM")
+                    stop(proc)
+                    row = (count / elapsed, cpu / count * 1e6, hwm)
+                    rows.setdefault((name, n), []).append(row)
+                    print(f"{name:6} {n:5d} {row[0]:8.0f} {row[1]:6.1f}µs {hwm / 1024:7.1f}MiB "
+                          f"{bad:6d} {sock}", flush=True)
+        print("\nmedians over rounds; E/B ratios")
+        print(f"{'conns':>5} {'E CPU/req':>10} {'B CPU/req':>10} {'E/B':>5} {'E VmHWM':>9} {'B VmHWM':>9} {'E/B':>5}")
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        for n in conns:
+            e, b = rows[("E", n)], rows[("B", n)]
+            ec, bc = med([r[1] for r in e]), med([r[1] for r in b])
+            eh, bh = med([r[2] for r in e]), med([r[2] for r in b])
+            print(f"{n:5d} {ec:8.1f}µs {bc:8.1f}µs {ec / bc:5.2f} {eh / 1024:7.1f}MiB "
+                  f"{bh / 1024:7.1f}MiB {eh / bh:5.2f}")
+    finally:
+        for p in list(procs):
+            p.kill()
+            p.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
