@@ -170,7 +170,7 @@ where
 /// A plain-HTTP upstream on 127.0.0.1:0 that streams: `GET /v1/download?bytes=N` answers N
 /// bytes of the pattern (content-length; `&chunked=1`: chunked); any other request has its
 /// body checked against the pattern and is answered
-/// `{"bytes":N,"intact":BOOL,"chunked":BOOL,"error":...}`.
+/// `{"bytes":N,"intact":BOOL,"chunked":BOOL,"version":"HTTP/1.1","error":...}`.
 #[derive(Clone, Debug)]
 pub struct StreamingUpstream {
     pub addr: SocketAddr,
@@ -191,6 +191,33 @@ impl StreamingUpstream {
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr }
+    }
+
+    /// The same over TLS with `acceptor` (its ALPN decides HTTP/2 or HTTP/1.1); the base URL
+    /// is then `https://localhost:PORT`.
+    pub async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(|req| async move {
+                        Ok::<_, Infallible>(Self::handle(req).await)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
                         .await;
                 });
             }
@@ -221,12 +248,14 @@ impl StreamingUpstream {
                 .unwrap();
         }
         let chunked = parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+        let version = format!("{:?}", parts.version);
         let (check, error) = check_body(body).await;
         let answer = serde_json::json!({
             "bytes": check.len,
             "intact": check.first_mismatch.is_none(),
             "first_mismatch": check.first_mismatch,
             "chunked": chunked,
+            "version": version,
             "error": error,
         });
         Response::builder()
