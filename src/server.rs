@@ -1,5 +1,7 @@
-//! Listeners: the serve loop shared by the data plane, the admin listener and the emulator.
-//! The admin endpoints themselves are in [`crate::admin`].
+//! Listeners: the serve loop shared by the data plane, the admin listener, the forward proxy
+//! ([`crate::forward_proxy`], HTTP/1 only, whose accepted CONNECTs take their connection over
+//! through [`Takeover`]) and the emulator. The admin endpoints themselves are in
+//! [`crate::admin`].
 //!
 //! Guarantees:
 //! - At most `server.max_connections` client connections at once (default: sized from the
@@ -27,6 +29,9 @@
 //!   request's head (see [`ConnState::reading_head`]): after a body read to its end, never
 //!   in the middle of one. A body the service left unread makes hyper close the connection
 //!   after the response instead.
+//! - A [`Takeover`] set while a request is served gets the connection's bytes once hyper
+//!   has written the response and ended the exchange (an accepted CONNECT), the bytes read
+//!   past it first; the connection keeps its place under the cap until the takeover ends.
 //! - Memory freed by a burst of connections is given back to the system ([`Trim`]).
 
 use std::convert::Infallible;
@@ -390,6 +395,29 @@ struct ConnState {
     reading_head: AtomicBool,
     /// Woken when the last request in flight ends.
     quiet: Notify,
+    /// HTTP/1, on a listener that allows it: what takes the connection over after the
+    /// current response (an accepted CONNECT's tunnel), set through [`Takeover`].
+    takeover: TakeoverSlot,
+}
+
+#[derive(Default)]
+struct TakeoverSlot(std::sync::Mutex<Option<Upgrade>>);
+
+impl TakeoverSlot {
+    fn set(&self, run: Option<Upgrade>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = run;
+        }
+    }
+    fn take(&self) -> Option<Upgrade> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl std::fmt::Debug for TakeoverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TakeoverSlot")
+    }
 }
 
 impl ConnState {
@@ -404,6 +432,7 @@ impl ConnState {
             close_after: AtomicBool::new(false),
             reading_head: AtomicBool::new(false),
             quiet: Notify::new(),
+            takeover: TakeoverSlot::default(),
         }
     }
     fn touch(&self) {
@@ -446,6 +475,26 @@ impl Drop for InFlight {
     }
 }
 
+/// What takes a connection over (see [`Takeover`]): given the connection's bytes from the
+/// end of the response on, and the listener's stop signal (true once it stops: close
+/// gracefully).
+pub(crate) type Upgrade =
+    Box<dyn FnOnce(Io, watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// In an HTTP/1 request's extensions on a listener served with [`Protocols::takeover`]: lets
+/// the service take the connection over once hyper has written its response, as hyper's
+/// upgrades do (hyper's own would keep its buffers for the life of the connection: here the
+/// connection is served a burst at a time). For a `CONNECT` answered 2xx, which hyper ends
+/// the HTTP exchange after; set for anything else, the connection ends after the response.
+#[derive(Clone)]
+pub(crate) struct Takeover(Arc<ConnState>);
+
+impl Takeover {
+    pub(crate) fn set(self, run: Upgrade) {
+        self.0.takeover.set(Some(run));
+    }
+}
+
 /// hyper's timer for one HTTP/1 connection. hyper uses it only for the header-read clock,
 /// which it starts each time it begins reading a request head, and it reads a head only
 /// once the previous request has been read to its end and answered (its `Reading::Init`):
@@ -481,8 +530,9 @@ impl hyper::rt::Timer for HeadClock {
 }
 
 /// The connection's bytes as hyper sees them: `prefix` (the bytes read to tell HTTP/2 from
-/// HTTP/1) first, then the shared stream; bytes read are counted (for the 408).
-struct Io {
+/// HTTP/1, or read past a response) first, then the shared stream; bytes read are counted
+/// (for the 408). Also what a [`Takeover`] is given.
+pub(crate) struct Io {
     stream: Arc<Stream>,
     prefix: Bytes,
     state: Arc<ConnState>,
@@ -584,6 +634,8 @@ struct PerConnection<S> {
     inner: S,
     state: Arc<ConnState>,
     signals: Signals,
+    /// HTTP/1 requests carry a [`Takeover`].
+    takeover: bool,
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
@@ -593,7 +645,7 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for PerConnectio
     type Error = Infallible;
     type Future = ResponseFuture;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let guard = InFlight::new(self.state.clone());
         let version = req.version();
         let http1 = version <= Version::HTTP_11;
@@ -602,6 +654,9 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for PerConnectio
                 self.state.close_after.store(true, Ordering::Relaxed);
             }
             self.state.reading_head.store(false, Ordering::Relaxed);
+            if self.takeover {
+                req.extensions_mut().insert(Takeover(self.state.clone()));
+            }
         }
         let state = self.state.clone();
         let response = self.inner.clone().oneshot(req);
@@ -685,16 +740,37 @@ pub(crate) struct Drain<F> {
     pub grace: Duration,
 }
 
+/// What a listener speaks besides HTTP/1.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Protocols {
+    /// HTTP/2 by prior knowledge (the client's first bytes are its preface).
+    pub h2: bool,
+    /// HTTP/1 requests may take their connection over ([`Takeover`]).
+    pub takeover: bool,
+    /// Names the listener in its log lines ("" for the data plane's).
+    pub name: &'static str,
+}
+
+impl Protocols {
+    /// The data plane, admin and emulator listeners.
+    pub const HTTP: Protocols = Protocols {
+        h2: true,
+        takeover: false,
+        name: "",
+    };
+}
+
 /// Built once per listener from `[server]`.
 struct Builders {
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     idle: Duration,
     header_read_timeout: Duration,
+    protocols: Protocols,
 }
 
 impl Builders {
-    fn new(cfg: &ServerConfig) -> Self {
+    fn new(cfg: &ServerConfig, protocols: Protocols) -> Self {
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(cfg.header_read_timeout)
@@ -708,6 +784,7 @@ impl Builders {
             h2,
             idle: cfg.idle_timeout,
             header_read_timeout: cfg.header_read_timeout,
+            protocols,
         }
     }
 }
@@ -745,7 +822,23 @@ where
     S: HttpService,
     F: Future<Output = ()>,
 {
-    let builders = Arc::new(Builders::new(cfg));
+    serve_speaking(listener, service, cfg, drain, Protocols::HTTP).await
+}
+
+/// [`serve_draining`] for a listener speaking `protocols`.
+pub(crate) async fn serve_speaking<S, F>(
+    listener: Listener,
+    service: S,
+    cfg: &ServerConfig,
+    drain: Drain<F>,
+    protocols: Protocols,
+) -> bool
+where
+    S: HttpService,
+    F: Future<Output = ()>,
+{
+    let name = protocols.name;
+    let builders = Arc::new(Builders::new(cfg, protocols));
     let cap = cfg
         .max_connections
         .unwrap_or_else(|| fd_budget(raise_fd_limit()).max_connections);
@@ -771,7 +864,7 @@ where
                 tracing::warn!(
                     max_connections = cap,
                     similar_left_out = left_out,
-                    "connection cap reached (server.max_connections): accepting paused"
+                    "{name}connection cap reached (server.max_connections): accepting paused"
                 )
             });
         }
@@ -800,7 +893,7 @@ where
                     }
                     Err(e) => {
                         accept_log.log(|left_out| {
-                            tracing::warn!(error = %e, similar_left_out = left_out, "accept failed")
+                            tracing::warn!(error = %e, similar_left_out = left_out, "{name}accept failed")
                         });
                         // EMFILE and friends: back off instead of spinning.
                         tokio::select! {
@@ -1014,8 +1107,9 @@ async fn connection<S: HttpService>(
         inner: service,
         state: state.clone(),
         signals: signals.clone(),
+        takeover: builders.protocols.takeover,
     };
-    if prefix[..] == H2_PREFACE[..] {
+    if builders.protocols.h2 && prefix[..] == H2_PREFACE[..] {
         let h2 = Box::pin(serve_h2(&builders, &stream, &state, svc, prefix, signals));
         h2.await;
         return;
@@ -1032,8 +1126,15 @@ async fn connection<S: HttpService>(
             prefix,
             signals.clone(),
         ));
-        let Some((leftover, back)) = burst.await else {
-            return;
+        let (leftover, back) = match burst.await {
+            Burst::Resume(leftover, back) => (leftover, back),
+            Burst::Over => return,
+            Burst::TakenOver(run, io) => {
+                // Out of the burst's box (freed with the hyper connection in it): the
+                // connection now costs the takeover's state only.
+                run(io, signals.stop.clone()).await;
+                return;
+            }
         };
         svc = back;
         if state.close_after.load(Ordering::Relaxed) {
@@ -1147,6 +1248,17 @@ async fn serve_h2<S: HttpService>(
     }
 }
 
+/// How an HTTP/1 burst ended.
+enum Burst<S> {
+    /// The client is quiet after a response: the bytes read past it and the service, for
+    /// the next burst.
+    Resume(Bytes, PerConnection<S>),
+    /// The connection is over (closed by either side, an error, a timeout).
+    Over,
+    /// A [`Takeover`] takes the connection from here.
+    TakenOver(Upgrade, Io),
+}
+
 /// Serves HTTP/1 requests on a fresh hyper connection until the client goes quiet after a
 /// response: then hyper is asked to finish (graceful close, without shutting the socket)
 /// and the socket, the service and any bytes read past the response are handed back.
@@ -1164,7 +1276,7 @@ async fn h1_burst<S: HttpService>(
     svc: PerConnection<S>,
     prefix: Bytes,
     signals: Signals,
-) -> Option<(Bytes, PerConnection<S>)> {
+) -> Burst<S> {
     let io = TokioIo::new(Io {
         stream: stream.clone(),
         prefix,
@@ -1184,9 +1296,29 @@ async fn h1_burst<S: HttpService>(
             let mut leftover = BytesMut::with_capacity(parts.read_buf.len() + io.prefix.len());
             leftover.put_slice(&parts.read_buf);
             leftover.put_slice(&io.prefix);
-            Some((leftover.freeze(), parts.service))
+            // Set for a response hyper did not end the exchange after: not taken.
+            state.takeover.set(None);
+            Burst::Resume(leftover.freeze(), parts.service)
         }
-        Ok(()) => None,
+        Ok(()) => {
+            let Some(run) = state.takeover.take() else {
+                return Burst::Over;
+            };
+            // hyper has written the response and stopped: the bytes it read past the
+            // request (a TLS ClientHello sent right after the CONNECT) go first.
+            let parts = conn.into_parts();
+            let io = parts.io.into_inner();
+            let mut prefix = BytesMut::with_capacity(parts.read_buf.len() + io.prefix.len());
+            prefix.put_slice(&parts.read_buf);
+            prefix.put_slice(&io.prefix);
+            drop((parts.read_buf, parts.service));
+            let io = Io {
+                stream: io.stream,
+                prefix: prefix.freeze(),
+                state: io.state,
+            };
+            Burst::TakenOver(run, io)
+        }
         Err(e) if e.is_timeout() && state.head_started() => {
             drop(conn);
             tracing::debug!("request head not received within server.header_read_timeout: 408");
@@ -1196,11 +1328,11 @@ async fn h1_burst<S: HttpService>(
             )
             .await;
             stream.shutdown_write();
-            None
+            Burst::Over
         }
         Err(e) => {
             tracing::debug!(error = %e, "connection ended with an error");
-            None
+            Burst::Over
         }
     }
 }

@@ -836,3 +836,69 @@ async fn a_reload_never_sends_an_intercepted_host_to_another_service() {
     assert!(out.contains("intercepted_service_gone"), "{out}");
     assert_eq!(up.count(), 0);
 }
+
+/// The forward listener serves a connection a burst at a time, like the plain one: a
+/// connection carries on after a plain (absolute-form) request, with or without a body, and
+/// a CONNECT after those still opens a working tunnel on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_carries_on_from_plain_requests_to_a_tunnel() {
+    let s = start("");
+    let mut tcp = TcpStream::connect(s.forward).await.unwrap();
+    let read_answer = async |tcp: &mut TcpStream| {
+        let mut buf = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return text;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline.into(), tcp.read(&mut chunk))
+                .await
+                .expect("answer in time")
+                .unwrap();
+            assert!(n > 0, "closed: {text}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    for request in [
+        "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        "POST http://example.com/ HTTP/1.1\r\nHost: example.com\r\ncontent-length: 5\r\n\r\nhello",
+    ] {
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut tcp).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        assert!(answer.contains("authority_not_allowed"), "{answer}");
+    }
+    let authority = format!("{VS_HOST}:443");
+    tcp.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let name = rustls::pki_types::ServerName::try_from(VS_HOST.to_owned()).unwrap();
+    let mut tls = tls_connector(&s.ca, &[b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .expect("TLS inside the tunnel");
+    tls.write_all(
+        format!("GET /v1/images HTTP/1.1\r\nHost: {VS_HOST}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}

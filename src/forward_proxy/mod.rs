@@ -17,7 +17,10 @@
 //! Guarantees: no blind tunnel (bytes only ever reach the service's configured upstream, as a
 //! signed request); the proxy never resolves or connects to the public host; refusals are
 //! counted by reason (`scp_auth_proxy_connect_refusals_total`); SIGTERM drains tunnels the way
-//! the plain listener drains connections.
+//! the plain listener drains connections. The listener is the plain one's serve loop
+//! ([`crate::server`], HTTP/1 only): the same connection cap, time limits and per-burst
+//! serving, so an idle connection between requests holds no hyper buffers (an open tunnel
+//! holds its TLS and HTTP state).
 
 pub mod ca;
 pub mod tunnel;
@@ -27,13 +30,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
+use tower::ServiceExt as _;
 
 use crate::body::Body;
 use crate::config::{ServerConfig, ServiceConfig};
@@ -41,7 +45,7 @@ use crate::error::json_error;
 use crate::layers::trace::Mode;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::route::Intercepted;
-use crate::server::HttpService;
+use crate::server::{HttpService, Protocols, Takeover};
 
 /// The authorities the forward proxy intercepts, each naming one service.
 #[derive(Debug)]
@@ -165,21 +169,15 @@ impl ForwardProxy {
     }
 }
 
-/// Tracks connections and tunnels for the drain: each holds an `alive` sender; `closing`
-/// turns true when they should finish what is in flight and close.
-#[derive(Clone)]
-pub(crate) struct Drain {
-    pub closing: watch::Receiver<bool>,
-    pub alive: mpsc::Sender<()>,
-}
-
 /// Serves the forward proxy on `listener` until `shutdown`, then drains like
 /// [`crate::server::serve`]: no new connections, every connection and tunnel asked to close
 /// once its in-flight requests are answered, up to `grace`. Returns whether all finished.
 ///
-/// At most `server.max_connections` client connections at once, a tunnel counting as its
-/// connection until it closes; at the cap accepting pauses and new connections wait in the
-/// kernel's backlog, as on the plain listener.
+/// The plain listener's serve loop, HTTP/1 only (what proxy clients speak for CONNECT and
+/// absolute-form): the same connection cap (a tunnel counts as its connection until it
+/// closes), time limits, and a connection served a burst at a time, holding no hyper
+/// buffers while idle. An accepted CONNECT takes its connection over once its `200` is
+/// written ([`crate::server::Takeover`]) and the tunnel runs on it.
 pub async fn serve<S>(
     listener: TcpListener,
     fp: ForwardProxy,
@@ -191,100 +189,24 @@ pub async fn serve<S>(
 where
     S: HttpService,
 {
-    let fp = Arc::new(fp);
-    let inner = Arc::new(tunnel::builder(cfg));
-    let (closing_tx, closing_rx) = watch::channel(false);
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let drain = Drain {
-        closing: closing_rx,
-        alive: alive_tx,
+    let outer = Outer {
+        fp: Arc::new(fp),
+        stack,
+        inner: Arc::new(tunnel::builder(cfg)),
+        cfg: Arc::new(cfg.clone()),
     };
-    let cap = cfg.max_connections.unwrap_or(1024).max(1);
-    let permits = Arc::new(Semaphore::new(cap));
-    let mut cap_logged: Option<std::time::Instant> = None;
-    let cfg = Arc::new(cfg.clone());
-    tokio::pin!(shutdown);
-    loop {
-        if permits.available_permits() == 0
-            && cap_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            cap_logged = Some(std::time::Instant::now());
-            tracing::warn!(
-                max_connections = cap,
-                "forward proxy: connection cap reached (server.max_connections): accepting paused"
-            );
-        }
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => Arc::new(p),
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "forward proxy: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let outer = Outer {
-                    fp: fp.clone(),
-                    stack: stack.clone(),
-                    inner: inner.clone(),
-                    cfg: cfg.clone(),
-                    drain: drain.clone(),
-                    permit,
-                };
-                tokio::spawn(connection(stream, outer, cfg.clone(), drain.clone()));
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    let _ = closing_tx.send(true);
-    drop(drain);
-    tokio::time::timeout(grace, alive_rx.recv()).await.is_ok()
-}
-
-/// One client connection to the forward listener: HTTP/1.1 (what proxy clients speak for
-/// CONNECT and absolute-form), with upgrades for CONNECT.
-async fn connection<S: HttpService>(
-    stream: tokio::net::TcpStream,
-    outer: Outer<S>,
-    cfg: Arc<ServerConfig>,
-    mut drain: Drain,
-) {
-    let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_bytes.max(8192));
-    let svc = hyper::service::service_fn(move |req| {
-        let mut outer = outer.clone();
-        outer.call(req)
-    });
-    let conn = b
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let alive = drain.alive.clone();
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "forward proxy connection ended with an error");
-            }
-            return;
-        }
-        _ = drain.closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
-    }
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "forward proxy connection ended with an error");
-    }
-    drop(alive);
+    let (_never, draining) = watch::channel(false);
+    let drain = crate::server::Drain {
+        draining,
+        stop: shutdown,
+        grace,
+    };
+    let protocols = Protocols {
+        h2: false,
+        takeover: true,
+        name: "forward proxy: ",
+    };
+    crate::server::serve_speaking(listener.into(), outer, cfg, drain, protocols).await
 }
 
 /// The forward listener's request handler: CONNECT opens a tunnel, absolute-form goes to the
@@ -294,9 +216,6 @@ struct Outer<S> {
     stack: S,
     inner: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     cfg: Arc<ServerConfig>,
-    drain: Drain,
-    /// The connection's place under the cap, shared with a tunnel opened on it.
-    permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl<S: Clone> Clone for Outer<S> {
@@ -306,15 +225,21 @@ impl<S: Clone> Clone for Outer<S> {
             stack: self.stack.clone(),
             inner: self.inner.clone(),
             cfg: self.cfg.clone(),
-            drain: self.drain.clone(),
-            permit: self.permit.clone(),
         }
     }
 }
 
 type OuterFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-impl<S: HttpService> Outer<S> {
+impl<S: HttpService> tower::Service<Request<Incoming>> for Outer<S> {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = OuterFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
     fn call(&mut self, mut req: Request<Incoming>) -> OuterFuture {
         if req.method() == Method::CONNECT {
             return Box::pin(std::future::ready(Ok(self.connect(req))));
@@ -363,11 +288,12 @@ impl<S: HttpService> Outer<S> {
             authority: None,
         });
         req.extensions_mut().insert(Mode::FORWARD);
-        let mut stack = self.stack.clone();
-        let fut = stack.call(req);
+        let fut = self.stack.clone().oneshot(req);
         Box::pin(fut)
     }
+}
 
+impl<S: HttpService> Outer<S> {
     fn not_allowed_message(&self, authority: &str) -> String {
         format!(
             "{authority} is not the public authority of a configured service; the forward proxy intercepts only {} (add one to services.NAME.intercept); nothing was connected",
@@ -418,26 +344,33 @@ impl<S: HttpService> Outer<S> {
             *resp.body_mut() = crate::body::full(body.to_string());
             return resp;
         };
-        let upgrade = hyper::upgrade::on(&mut req);
         let tunnel = tunnel::Tunnel {
-            authority,
+            // Copied: the parsed one is a view into hyper's read buffer (8-16 KiB), which the
+            // tunnel would otherwise keep for its whole life.
+            authority: authority.as_str().parse().unwrap_or(authority),
             target,
             fp: self.fp.clone(),
             stack: self.stack.clone(),
             builder: self.inner.clone(),
             idle: self.cfg.idle_timeout,
             handshake_timeout: self.cfg.header_read_timeout,
-            drain: self.drain.clone(),
-            _permit: self.permit.clone(),
         };
-        tokio::spawn(async move {
-            match upgrade.await {
-                Ok(upgraded) => tunnel.run(TokioIo::new(upgraded)).await,
-                Err(e) => {
-                    tracing::debug!(error = %e, "CONNECT: the client left before the tunnel opened")
-                }
-            }
-        });
+        // The listener hands the connection over once the 200 is written; the tunnel then
+        // runs in the connection's task, under its place in the cap.
+        let Some(takeover) = req.extensions_mut().remove::<Takeover>() else {
+            tracing::warn!(
+                "forward proxy: CONNECT on a listener that cannot hand over connections"
+            );
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "not_proxy_request",
+                "CONNECT is not served on this listener",
+                None,
+            );
+        };
+        takeover.set(Box::new(move |io, closing| {
+            Box::pin(tunnel.run(io, closing))
+        }));
         Response::new(crate::body::empty())
     }
 }

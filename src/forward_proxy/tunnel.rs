@@ -21,10 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::{Drain, ForwardProxy, Refusal};
+use super::{ForwardProxy, Refusal};
 use crate::config::ServerConfig;
 use crate::layers::trace::Mode;
 use crate::route::Intercepted;
@@ -55,15 +55,12 @@ pub(crate) struct Tunnel<S> {
     pub builder: Arc<auto::Builder<TokioExecutor>>,
     pub idle: Duration,
     pub handshake_timeout: Duration,
-    pub drain: Drain,
-    /// Held until the tunnel ends: it counts under `server.max_connections`.
-    pub _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<S: HttpService> Tunnel<S> {
     /// Terminates TLS on `io` and serves the requests inside until the client closes, the
-    /// connection is idle for `idle`, or the drain closes it.
-    pub async fn run<I>(self, io: I)
+    /// connection is idle for `idle`, or `closing` turns true (the listener stopped).
+    pub async fn run<I>(self, io: I, closing: watch::Receiver<bool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -127,8 +124,7 @@ impl<S: HttpService> Tunnel<S> {
             self.builder,
             tls,
             TowerToHyperService::new(svc),
-            self.drain.closing,
-            self.drain.alive,
+            closing,
             self.idle,
         )
         .await;
@@ -142,7 +138,6 @@ async fn serve_tls<S, I>(
     stream: I,
     svc: TowerToHyperService<S>,
     mut closing: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
     idle: Duration,
 ) where
     S: HttpService,
