@@ -107,14 +107,14 @@ pub enum ProxyError {
     ClientAborted {
         service: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::forward::ClientError,
     },
     /// The client's request body broke its framing (a bad chunk size, say).
     #[error("the client's request body is malformed (service {service}); the upstream got no complete request: send a valid Content-Length or chunked body")]
     ClientBodyInvalid {
         service: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::forward::ClientError,
     },
     /// The client's request body failed while the proxy read it itself, to check it (image
     /// import): the same client failures as [`ClientAborted`](Self::ClientAborted) and
@@ -149,14 +149,14 @@ pub enum UpstreamError {
         service: String,
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::forward::ClientError,
     },
     #[error("the request to {upstream} for service {service} failed: {source}")]
     Failed {
         service: String,
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::forward::ClientError,
     },
     #[error("{upstream} (service {service}) sent no response headers within {timeout:?} (services.{service}.timeout)")]
     Timeout {
@@ -532,15 +532,9 @@ mod tests {
         }
     }
 
-    /// A client error, as hyper-util makes it: port 0 cannot be connected to.
-    async fn client_error() -> hyper_util::client::legacy::Error {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<Bytes>>();
-        client
-            .get("http://127.0.0.1:0/".parse().unwrap())
-            .await
-            .expect_err("nothing answers on port 0")
+    /// A client error, as the upstream pool makes it for a failed connect.
+    async fn client_error() -> crate::forward::ClientError {
+        crate::forward::ClientError::connect("nothing answers on port 0")
     }
 
     /// One error of every variant, the nested enums' included.

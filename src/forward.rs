@@ -15,11 +15,12 @@
 //! (502 `upstream_unreachable`) whose message names the proxy.
 //!
 //! Layout: `egress` decides direct or tunnelled per service, `connect` opens that transport,
-//! `client` puts TLS and the pool on top, and this module is the service.
+//! `client` puts TLS on top, `pool` keeps its connections, and this module is the service.
 
 mod client;
 mod connect;
 mod egress;
+mod pool;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,12 +30,12 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use http_body_util::Either;
-use hyper_util::client::legacy::ResponseFuture;
 use tower::Service;
 
 pub use self::client::{client_for, HttpClient, TlsSetupError};
 pub use self::connect::{TunnelFailed, UpstreamConnector};
 pub use self::egress::{DirectReason, Egress, EgressRoute};
+pub use self::pool::{ClientError, ResponseFuture, UpstreamClient};
 use crate::body::{Body, BodyStalled, DownloadLimit, NoTrailers, UploadEnded};
 use crate::config::ServiceConfig;
 use crate::error::{ProxyError, UpstreamError};
@@ -74,7 +75,9 @@ impl<T: Endpoint> Service<Routed<T, Body>> for Forward {
         let svc = target.service();
         let (parts, body) = routed.into_request().into_parts();
         let (body, upload_ended) = NoTrailers::limited(body, svc.body_idle_timeout, &svc.name);
-        let response = target.client().request(Request::from_parts(parts, body));
+        let response = target
+            .client()
+            .send(Request::from_parts(parts, body), started);
         ForwardFuture {
             response,
             upload_ended,
@@ -91,7 +94,7 @@ pin_project_lite::pin_project! {
     /// `body_idle_timeout`); no box.
     pub struct ForwardFuture<T> {
         #[pin]
-        response: ResponseFuture,
+        response: ResponseFuture<NoTrailers<Body>>,
         upload_ended: UploadEnded,
         #[pin]
         deadline: Option<tokio::time::Sleep>,
@@ -159,11 +162,7 @@ impl<T: Endpoint> Future for ForwardFuture<T> {
     }
 }
 
-fn upstream_failure(
-    source: hyper_util::client::legacy::Error,
-    service: String,
-    upstream: String,
-) -> ProxyError {
+fn upstream_failure(source: ClientError, service: String, upstream: String) -> ProxyError {
     if source.is_connect() {
         UpstreamError::Unreachable {
             service,

@@ -1,5 +1,5 @@
 //! One upstream client per service: TLS roots (webpki plus the service's `ca_file`), the
-//! connector the egress plan chose, and the keep-alive pool.
+//! connector the egress plan chose, and the keep-alive pool ([`super::pool`]).
 //!
 //! Guarantees: built once per service at start, so a bad `ca_file` or an unusable proxy
 //! setting fails start-up naming the service, never a request.
@@ -7,16 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::connect::{Connect, UpstreamConnector};
 use super::egress::{DirectReason, Egress, Plan};
+use super::pool::UpstreamClient;
 use crate::body::{Body, NoTrailers};
 use crate::config::ServiceConfig;
 
@@ -27,7 +26,10 @@ use crate::config::ServiceConfig;
 /// CPU. It also caps an upstream's response head, far above what SCP sends.
 const UPSTREAM_READ_BUF: usize = 128 * 1024;
 
-pub type HttpClient = Client<HttpsConnector<UpstreamConnector>, NoTrailers<Body>>;
+/// How long an idle upstream connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub type HttpClient = UpstreamClient<NoTrailers<Body>>;
 
 /// Building a service's upstream client failed (TLS roots, or its egress proxy settings).
 #[derive(Debug, thiserror::Error)]
@@ -131,11 +133,19 @@ pub fn client_for(svc: &ServiceConfig, egress: &Egress) -> Result<HttpClient, Tl
         .enable_http1()
         .enable_http2()
         .wrap_connector(connector);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(svc.max_idle_connections)
-        .http1_max_buf_size(UPSTREAM_READ_BUF)
-        .build(https))
+    let mut h1 = hyper::client::conn::http1::Builder::new();
+    h1.max_buf_size(UPSTREAM_READ_BUF);
+    UpstreamClient::new(
+        https,
+        svc.upstream.scheme.clone(),
+        svc.upstream.authority.clone(),
+        h1,
+        svc.max_idle_connections,
+        IDLE_TIMEOUT,
+    )
+    .map_err(|message| TlsSetupError::Egress {
+        service: svc.name.clone(),
+        upstream: svc.upstream.base.clone(),
+        message,
+    })
 }
