@@ -503,8 +503,6 @@ mod tests {
             | PolicyError::PathNotCanonical { .. }
             | PolicyError::BodyTooLarge { .. }
             | PolicyError::BodyTimeout { .. }
-            // Never raised (image import answers `ProxyError::ClientBodyUnread`): no sample.
-            | PolicyError::BodyUnreadable { .. }
             | PolicyError::BodyEncoded { .. }
             | PolicyError::InvalidJson { .. }
             | PolicyError::JsonNotObject

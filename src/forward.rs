@@ -38,7 +38,7 @@ pub use self::egress::{DirectReason, Egress, EgressRoute};
 pub use self::pool::{ClientError, ResponseFuture, UpstreamClient};
 use crate::body::{Body, BodyStalled, DownloadLimit, NoTrailers, UploadEnded};
 use crate::config::ServiceConfig;
-use crate::error::{ProxyError, UpstreamError};
+use crate::error::{ClientFailure, ProxyError, UpstreamError};
 use crate::route::Routed;
 
 /// How long the upstream took to send response headers; in response extensions for the log.
@@ -180,15 +180,6 @@ fn upstream_failure(source: ClientError, service: String, upstream: String) -> P
     }
 }
 
-/// How the client's request body failed.
-#[derive(Debug, PartialEq, Eq)]
-enum ClientFailure {
-    /// The client closed or reset the connection (or the h2 stream) before the body's end.
-    Aborted,
-    /// The body's framing was broken (a bad chunk size, say).
-    Invalid,
-}
-
 /// Whether the upstream request failed because the request body did. hyper's client reports
 /// a failing request body as a user error whose source is that body's error; the body is the
 /// client's stream (a stalled one is [`BodyStalled`], matched before this), so its error is
@@ -199,32 +190,10 @@ fn client_body_failure(err: &(dyn std::error::Error + 'static)) -> Option<Client
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_user() {
                 let body_error = std::error::Error::source(h)?;
-                return Some(if has_invalid_data(body_error) {
-                    ClientFailure::Invalid
-                } else {
-                    ClientFailure::Aborted
-                });
+                return Some(ClientFailure::of(body_error));
             }
         }
         cur = e.source();
     }
     None
-}
-
-fn has_invalid_data(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        // hyper's chunked decoder says `InvalidInput` for a bad size line, `InvalidData` for
-        // the rest of the framing.
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
-            )
-        }) {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }

@@ -48,8 +48,6 @@ pub enum PolicyError {
         service: String,
         timeout: std::time::Duration,
     },
-    #[error("the request body could not be read: {detail}")]
-    BodyUnreadable { detail: String },
     #[error("the request body has Content-Encoding {encoding:?}; send {operation} as plain (unencoded) JSON so the proxy can check it")]
     BodyEncoded {
         encoding: String,
@@ -79,7 +77,6 @@ impl PolicyError {
             PolicyError::BodyEncoded { .. } => S::UNSUPPORTED_MEDIA_TYPE,
             PolicyError::ApiVersionMismatch { .. }
             | PolicyError::PathNotCanonical { .. }
-            | PolicyError::BodyUnreadable { .. }
             | PolicyError::InvalidJson { .. }
             | PolicyError::JsonNotObject
             | PolicyError::DuplicateKey { .. }
@@ -96,7 +93,6 @@ impl PolicyError {
             PolicyError::PathNotCanonical { .. } => "path_not_canonical",
             PolicyError::BodyTooLarge { .. } => "body_too_large",
             PolicyError::BodyTimeout { .. } => "body_timeout",
-            PolicyError::BodyUnreadable { .. } => "body_unreadable",
             PolicyError::BodyEncoded { .. } => "body_encoded",
             PolicyError::InvalidJson { .. } => "invalid_json",
             PolicyError::JsonNotObject => "json_not_object",
