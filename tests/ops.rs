@@ -343,8 +343,10 @@ async fn trace_logs_never_contain_the_secret_or_signature() {
     let code = tokio::task::block_in_place(|| p.wait_exit(WAIT));
     assert_eq!(code, Some(0), "log:\n{}", p.log());
     let log = p.log();
+    // Trace level was on (hyper and hyper-util log at trace; how many lines depends on
+    // their versions, so only their presence is asserted).
     assert!(
-        log.lines().count() > 20,
+        log.contains("\"level\":\"TRACE\""),
         "expected a trace-level log, got:\n{log}"
     );
     assert!(!log.contains(SENTINEL), "the secret reached the log");
