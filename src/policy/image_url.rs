@@ -238,10 +238,14 @@ fn expected_hosts(expect: &Expect<'_>) -> String {
     )
 }
 
+/// A lowercase LDH label that is not a reserved one: hyphens in its third and fourth places
+/// (`xn--`, RFC 5891 §4.2.3.1) mark an IDNA label, which URL parsers decode or refuse, so the
+/// object store could read another host than the one judged. SCP's hosts have none.
 fn is_label(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('-')
         && !s.ends_with('-')
+        && s.get(2..4) != Some("--")
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
@@ -510,6 +514,30 @@ mod tests {
         for (url, want) in &cases {
             assert_eq!(code(url), *want, "{url}");
         }
+    }
+
+    /// Found by the image_url fuzz target: a region or env label with hyphens in its third and
+    /// fourth places (`xn--...`, an IDNA label) was accepted although the `url` crate refuses
+    /// (or would decode) the host. Such labels are refused as a wrong host now.
+    #[test]
+    fn idna_and_reserved_labels_are_wrong_hosts() {
+        let none = Expect::default();
+        for host in [
+            "object-store.private.ke--------e.xn----------------------------e.samsungsdscloud.com",
+            "object-store.xn--kr-west1.e.samsungsdscloud.com",
+            "object-store.kr-west1.xn--e.samsungsdscloud.com",
+            "object-store.ab--cd.e.samsungsdscloud.com",
+        ] {
+            let url = format!("https://{host}/b.qcow2");
+            assert_eq!(
+                check(&url, &none).unwrap_err().code(),
+                "url_wrong_host",
+                "{url}"
+            );
+        }
+        // Hyphens elsewhere are fine (SCP's regions have them).
+        let url = "https://object-store.kr-west1.e.samsungsdscloud.com/b.qcow2";
+        assert_eq!(check(url, &none), Ok(()));
     }
 
     #[test]
