@@ -903,28 +903,6 @@ async fn a_connection_carries_on_from_plain_requests_to_a_tunnel() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
 
-fn rss_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
-/// VmRSS once it has stopped moving (two reads 200 ms apart agree), bounded at 5 s.
-async fn settled_rss(pid: i32) -> u64 {
-    let mut last = rss_bytes(pid);
-    let settled = poll_until(Duration::from_secs(5), || {
-        let prev = last;
-        last = rss_bytes(pid);
-        async move { (prev == last).then_some(last) }
-    })
-    .await;
-    settled.unwrap_or_else(|| rss_bytes(pid))
-}
-
 /// Issue 13.1 on the forward listener: a keep-alive connection idle after a request holds
 /// no hyper buffers (about 11 KB each with hyper's connection kept, 1.6-1.7 KB now).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -959,12 +937,15 @@ async fn idle_forward_connections_hold_no_hyper_buffers() {
     for _ in 0..20 {
         drop(open().await);
     }
-    let base = settled_rss(pid).await;
+    let base = common::stream::settled_rss_bytes(pid).await;
     let mut kept = Vec::new();
     for _ in 0..N {
         kept.push(open().await);
     }
-    let per = settled_rss(pid).await.saturating_sub(base) / N as u64;
+    let per = common::stream::settled_rss_bytes(pid)
+        .await
+        .saturating_sub(base)
+        / N as u64;
     println!("forward listener: {per} B per idle connection ({N})");
     assert!(per < 6 * 1024, "{per} B per idle forward connection");
 }

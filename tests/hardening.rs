@@ -825,29 +825,6 @@ async fn h2_client_resetting_its_upload_is_client_aborted() {
 
 // ------------------------------------------------------------------ bodies and idle memory
 
-/// VmRSS of `pid`, in bytes.
-fn rss_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
-/// VmRSS once it has stopped moving (two reads 200 ms apart agree), bounded at 5 s.
-async fn settled_rss(pid: i32) -> u64 {
-    let mut last = rss_bytes(pid);
-    let settled = poll_until(Duration::from_secs(5), || {
-        let prev = last;
-        last = rss_bytes(pid);
-        async move { (prev == last).then_some(last) }
-    })
-    .await;
-    settled.unwrap_or_else(|| rss_bytes(pid))
-}
-
 /// A raw HTTP/1 client connection that keeps bytes read past a response for the next.
 struct Raw {
     s: tokio::net::TcpStream,
@@ -934,16 +911,16 @@ async fn idle_connections_after_a_post_cost_what_bodiless_ones_do() {
         drop(open(post.clone()).await);
     }
     let pid = p.pid();
-    let base = settled_rss(pid).await;
+    let base = common::stream::settled_rss_bytes(pid).await;
     let mut kept = Vec::new();
     for _ in 0..N {
         kept.push(open(get.clone()).await);
     }
-    let after_get = settled_rss(pid).await;
+    let after_get = common::stream::settled_rss_bytes(pid).await;
     for _ in 0..N {
         kept.push(open(post.clone()).await);
     }
-    let after_post = settled_rss(pid).await;
+    let after_post = common::stream::settled_rss_bytes(pid).await;
     let per_get = after_get.saturating_sub(base) / N as u64;
     let per_post = after_post.saturating_sub(after_get) / N as u64;
     println!("RSS per idle HTTP/1 connection: {per_get} B after a GET, {per_post} B after a POST with a 1,000-byte body ({N} each)");

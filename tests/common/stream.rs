@@ -276,3 +276,17 @@ pub fn status_kib(pid: i32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
+
+/// VmRSS of `pid` in bytes once it has stopped moving (two reads 200 ms apart agree), bounded
+/// at 5 s: for per-connection memory measured through the real binary.
+pub async fn settled_rss_bytes(pid: i32) -> u64 {
+    let rss = || status_kib(pid, "VmRSS") * 1024;
+    let mut last = rss();
+    let settled = super::poll_until(std::time::Duration::from_secs(5), || {
+        let prev = last;
+        last = rss();
+        async move { (prev == last).then_some(last) }
+    })
+    .await;
+    settled.unwrap_or_else(rss)
+}
