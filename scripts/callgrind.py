@@ -28,6 +28,8 @@ import tempfile
 import threading
 import time
 
+from benchkit import free_port, proxy_env, write_target_e_config
+
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/scp-auth-proxy"
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 OUT = sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="callgrind-")
@@ -41,12 +43,6 @@ REQUESTS = {
     "get": ("GET", "/v1/images?limit=10", None, {}),
     "post": ("POST", f"/v1/images/{IMAGE}/import", IMPORT_BODY, {"Content-Type": "application/json"}),
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def upstream(listener):
@@ -97,28 +93,8 @@ def main():
     up.listen(64)
     threading.Thread(target=upstream, args=(up,), daemon=True).start()
     port, admin = free_port(), free_port()
-    secret = os.path.join(OUT, "secret")
-    with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as s:
-        s.write("callgrind-bench-secret-0123456789\n")
-    config = os.path.join(OUT, "proxy.toml")
-    with open(config, "w") as c:
-        c.write(f"""
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-check_live_versions = false
-[credentials]
-access_key = "bench-ak"
-secret_key_file = "{secret}"
-account_id = "bench-account"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-upstream = "http://127.0.0.1:{up.getsockname()[1]}"
-api_version = "1.3"
-region = "kr-west1"
-""")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCP_PROXY_") and k != "SCP_SECRET_KEY"}
+    config = write_target_e_config(OUT, port, admin, f"http://127.0.0.1:{up.getsockname()[1]}")
+    env = proxy_env()
     log = open(os.path.join(OUT, "proxy.log"), "wb")
     proxy = subprocess.Popen(
         ["nice", "-n", "10", "valgrind", "--tool=callgrind", "--vgdb=yes",

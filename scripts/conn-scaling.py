@@ -31,13 +31,9 @@ import sys
 import tempfile
 import time
 
+from benchkit import free_port, proxy_env, write_target_e_config
+
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port, proc, within=20):
@@ -147,34 +143,12 @@ def main():
         upstream = start(["nginx", "-p", work, "-c", nginx_conf(work, "U", up_port, "")], "upstream")
         wait_port(up_port, upstream)
 
-        secret = os.path.join(work, "secret")
-        with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as s:
-            s.write("conn-scaling-secret-0123456789\n")
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("SCP_PROXY_") and k != "SCP_SECRET_KEY"}
+        env = proxy_env()
         extra = "\n".join(args.set)
 
         def start_e():
             port, admin = free_port(), free_port()
-            config = os.path.join(work, "proxy.toml")
-            with open(config, "w") as c:
-                c.write(f"""
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-check_live_versions = false
-[credentials]
-access_key = "bench-ak"
-secret_key_file = "{secret}"
-account_id = "bench-account"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-upstream = "http://127.0.0.1:{up_port}"
-api_version = "1.3"
-region = "kr-west1"
-{extra}
-""")
+            config = write_target_e_config(work, port, admin, f"http://127.0.0.1:{up_port}", extra)
             return start([os.path.abspath(args.binary), "--config", config], "E", env), port
 
         def start_b():

@@ -39,6 +39,7 @@ from importlib import import_module  # noqa: E402
 # It reads its arguments when imported: give it neutral ones (nothing is created or run).
 _argv, sys.argv = sys.argv, [sys.argv[0], "-", "1", tempfile.gettempdir()]
 cg = import_module("callgrind")
+from benchkit import proxy_env, write_target_e_config  # noqa: E402
 sys.argv = _argv
 
 FIELDS = ("VmRSS", "RssAnon", "RssFile")
@@ -55,28 +56,7 @@ def status(pid):
 
 
 def write_config(tmp, port, admin, upstream_port):
-    secret = os.path.join(tmp, "secret")
-    with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as s:
-        s.write("footprint-bench-secret-0123456789\n")
-    config = os.path.join(tmp, "proxy.toml")
-    with open(config, "w") as c:
-        c.write(f"""
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-check_live_versions = false
-[credentials]
-access_key = "bench-ak"
-secret_key_file = "{secret}"
-account_id = "bench-account"
-[routing]
-default_service = "virtualserver"
-[services.virtualserver]
-upstream = "http://127.0.0.1:{upstream_port}"
-api_version = "1.3"
-region = "kr-west1"
-""")
-    return config
+    return write_target_e_config(tmp, port, admin, f"http://127.0.0.1:{upstream_port}")
 
 
 def ready(admin):
@@ -105,7 +85,7 @@ def one(binary, upstream_port, idle, cpu, warm):
     tmp = tempfile.mkdtemp(prefix="footprint-")
     port, admin = cg.free_port(), cg.free_port()
     config = write_config(tmp, port, admin, upstream_port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCP_PROXY_") and k != "SCP_SECRET_KEY"}
+    env = proxy_env()
     argv = [binary, "--config", config]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu)] + argv
