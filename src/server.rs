@@ -40,18 +40,19 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt as _;
 
 use crate::body::{Body, DownloadLimit, StallLimited};
@@ -396,8 +397,11 @@ struct ConnState {
     /// body possibly in its read buffer or the socket: such bytes must never be taken for a
     /// next request, so a connection is taken back from hyper only while this is true.
     reading_head: AtomicBool,
-    /// Woken when the last request in flight ends.
-    quiet: Notify,
+    /// [`QUIET`], and the listener's phase ([`DRAINING`], [`STOPPED`], [`GRACE_OVER`]) as
+    /// [`Connections::raise`] sets it.
+    events: AtomicU8,
+    /// The connection's task, woken when `events` changes.
+    waker: AtomicWaker,
     /// HTTP/1, on a listener that allows it: what takes the connection over after the
     /// current response (an accepted CONNECT's tunnel), set through [`Takeover`].
     takeover: TakeoverSlot,
@@ -434,7 +438,8 @@ impl ConnState {
             responses: AtomicU64::new(0),
             close_after: AtomicBool::new(false),
             reading_head: AtomicBool::new(false),
-            quiet: Notify::new(),
+            events: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
             takeover: TakeoverSlot::default(),
         }
     }
@@ -447,6 +452,28 @@ impl ConnState {
     }
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
+    }
+    /// Sets `bits` and wakes the connection's task.
+    fn raise(&self, bits: u8) {
+        self.events.fetch_or(bits, Ordering::AcqRel);
+        self.waker.wake();
+    }
+    fn phase(&self) -> u8 {
+        self.events.load(Ordering::Acquire)
+    }
+    /// Ready with the events once one in `mask` is set. The waker is registered before the
+    /// bits are read, so a [`raise`](Self::raise) in between is not missed.
+    fn poll_events(&self, cx: &mut Context<'_>, mask: u8) -> Poll<u8> {
+        self.waker.register(cx.waker());
+        let events = self.phase();
+        if events & mask != 0 {
+            Poll::Ready(events)
+        } else {
+            Poll::Pending
+        }
+    }
+    async fn events(&self, mask: u8) -> u8 {
+        std::future::poll_fn(|cx| self.poll_events(cx, mask)).await
     }
     /// Bytes of a next request arrived after the last response ended (or before the first).
     fn head_started(&self) -> bool {
@@ -473,7 +500,7 @@ impl Drop for InFlight {
         s.touch();
         s.responses.fetch_add(1, Ordering::Relaxed);
         if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            s.quiet.notify_one();
+            s.raise(QUIET);
         }
     }
 }
@@ -511,7 +538,7 @@ struct HeadClock(Arc<ConnState>);
 impl HeadClock {
     fn head_started(&self) {
         self.0.reading_head.store(true, Ordering::Relaxed);
-        self.0.quiet.notify_one();
+        self.0.raise(QUIET);
     }
 }
 
@@ -611,15 +638,66 @@ impl AsyncWrite for Io {
 
 // ---------------------------------------------------------------- the per-request wrapper
 
-/// Signals shared by every connection of one listener.
-#[derive(Clone)]
-struct Signals {
-    /// SIGTERM seen (the data plane only): `Connection: close`, GOAWAY.
-    draining: watch::Receiver<bool>,
-    /// The listener has stopped: close connections once idle.
+/// [`ConnState::events`]: the connection went quiet (no request in flight after a response,
+/// or hyper started reading the next head), its own.
+const QUIET: u8 = 1;
+/// The listener's phases, raised on every connection: SIGTERM seen (the data plane only;
+/// `Connection: close`, GOAWAY).
+const DRAINING: u8 = 2;
+/// The listener has stopped: close connections once idle.
+const STOPPED: u8 = 4;
+/// `shutdown_grace` ran out: unanswered requests get 503 `draining`.
+const GRACE_OVER: u8 = 8;
+
+/// A listener's open connections, so that a phase change reaches each as a bit in its
+/// [`ConnState::events`] and a wake-up of its task: a connection waiting for the listener
+/// reads one atomic per wake-up, where a watch channel per signal took a lock on each poll
+/// (several per request).
+struct Connections {
+    members: std::sync::Mutex<Members>,
+    /// The same phases for what runs outside a connection's task: a takeover (told when the
+    /// listener stops) and HTTP/2 requests (each in a task of its own).
     stop: watch::Receiver<bool>,
-    /// `shutdown_grace` ran out: unanswered requests get 503 `draining`.
     grace_over: watch::Receiver<bool>,
+}
+
+struct Members {
+    phase: u8,
+    open: slab::Slab<Arc<ConnState>>,
+}
+
+impl Connections {
+    fn members(&self) -> std::sync::MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Counts `state` in until the returned [`Member`] drops; it starts in the current phase.
+    fn join(self: &Arc<Self>, state: &Arc<ConnState>) -> Member {
+        let mut m = self.members();
+        state.raise(m.phase);
+        let key = m.open.insert(state.clone());
+        Member {
+            connections: self.clone(),
+            key,
+        }
+    }
+    fn raise(&self, phase: u8) {
+        let mut m = self.members();
+        m.phase |= phase;
+        for (_, state) in m.open.iter() {
+            state.raise(phase);
+        }
+    }
+}
+
+struct Member {
+    connections: Arc<Connections>,
+    key: usize,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.connections.members().open.try_remove(self.key);
+    }
 }
 
 /// Resolves when the flag turns true; never, if its sender is gone first.
@@ -636,7 +714,7 @@ async fn wait_true(rx: &mut watch::Receiver<bool>) {
 struct PerConnection<S> {
     inner: S,
     state: Arc<ConnState>,
-    signals: Signals,
+    connections: Arc<Connections>,
     /// HTTP/1 requests carry a [`Takeover`].
     takeover: bool,
 }
@@ -663,23 +741,36 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for PerConnectio
         }
         let state = self.state.clone();
         let response = self.inner.clone().oneshot(req);
-        let draining = self.signals.draining.clone();
-        let mut grace_over = self.signals.grace_over.clone();
+        // HTTP/1 requests are polled in the connection's task, which `GRACE_OVER` wakes;
+        // HTTP/2 ones run in their own tasks and wait on the channel.
+        let mut grace_over = (!http1).then(|| self.connections.grace_over.clone());
         Box::pin(async move {
+            let grace = async {
+                match &mut grace_over {
+                    Some(rx) => wait_true(rx).await,
+                    None => {
+                        std::future::poll_fn(|_| match state.phase() & GRACE_OVER {
+                            0 => Poll::Pending,
+                            _ => Poll::Ready(()),
+                        })
+                        .await
+                    }
+                }
+            };
             let mut resp = tokio::select! {
                 biased;
                 r = response => match r {
                     Ok(r) => r,
                     Err(e) => match e {},
                 },
-                () = wait_true(&mut grace_over) => crate::error::json_error(
+                () = grace => crate::error::json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "draining",
                     "the proxy is shutting down and server.shutdown_grace ran out before the upstream answered; retry",
                     None,
                 ),
             };
-            if http1 && *draining.borrow() {
+            if http1 && state.phase() & DRAINING != 0 {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -850,11 +941,22 @@ where
     let _trimmer = AbortOnDrop(tokio::spawn(trim.clone().run()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (grace_tx, grace_rx) = watch::channel(false);
-    let signals = Signals {
-        draining: drain.draining,
+    let connections = Arc::new(Connections {
+        members: std::sync::Mutex::new(Members {
+            phase: 0,
+            open: slab::Slab::new(),
+        }),
         stop: stop_rx,
         grace_over: grace_rx,
-    };
+    });
+    let mut draining = drain.draining;
+    let _draining = AbortOnDrop(tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            wait_true(&mut draining).await;
+            connections.raise(DRAINING);
+        }
+    }));
     // Every connection task holds a sender; `recv` returns None once all have ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut accept_log = RateLimited::default();
@@ -887,7 +989,7 @@ where
                             builders.clone(),
                             stream,
                             service.clone(),
-                            signals.clone(),
+                            connections.clone(),
                             permit,
                             alive_tx.clone(),
                         ));
@@ -919,12 +1021,13 @@ where
             builders.clone(),
             stream,
             service.clone(),
-            signals.clone(),
+            connections.clone(),
             permit,
             alive_tx.clone(),
         ));
     }
     listener.close();
+    connections.raise(STOPPED);
     let _ = stop_tx.send(true);
     drop(alive_tx);
     if tokio::time::timeout(drain.grace, alive_rx.recv())
@@ -934,6 +1037,7 @@ where
         return true;
     }
     // Unanswered requests get 503 `draining`; give those answers a moment to be written.
+    connections.raise(GRACE_OVER);
     let _ = grace_tx.send(true);
     let _ = tokio::time::timeout(FLUSH_LIMIT, alive_rx.recv()).await;
     false
@@ -1089,16 +1193,17 @@ async fn connection<S: HttpService>(
     builders: Arc<Builders>,
     stream: Stream,
     service: S,
-    mut signals: Signals,
+    connections: Arc<Connections>,
     _permit: OwnedSemaphorePermit,
     _alive: mpsc::Sender<()>,
 ) {
     let stream = Arc::new(stream);
     let state = Arc::new(ConnState::new());
+    let _member = connections.join(&state);
     // Boxed, like each burst below, so the task keeps only what waiting needs.
     // (A future moved into a box in the statement that awaits it would still take room in
     // this one: hence the separate statements.)
-    let first = Box::pin(first_bytes(&stream, &builders, &mut signals));
+    let first = Box::pin(first_bytes(&stream, &state, &builders));
     let Some(mut prefix) = first.await else {
         return;
     };
@@ -1109,11 +1214,11 @@ async fn connection<S: HttpService>(
     let mut svc = PerConnection {
         inner: service,
         state: state.clone(),
-        signals: signals.clone(),
+        connections: connections.clone(),
         takeover: builders.protocols.takeover,
     };
     if builders.protocols.h2 && prefix[..] == H2_PREFACE[..] {
-        let h2 = Box::pin(serve_h2(&builders, &stream, &state, svc, prefix, signals));
+        let h2 = Box::pin(serve_h2(&builders, &stream, &state, svc, prefix));
         h2.await;
         return;
     }
@@ -1121,21 +1226,14 @@ async fn connection<S: HttpService>(
     // freed when the burst ends); between bursts the connection costs this task and the
     // socket.
     loop {
-        let burst = Box::pin(h1_burst(
-            &builders,
-            &stream,
-            &state,
-            svc,
-            prefix,
-            signals.clone(),
-        ));
+        let burst = Box::pin(h1_burst(&builders, &stream, &state, svc, prefix));
         let (leftover, back) = match burst.await {
             Burst::Resume(leftover, back) => (leftover, back),
             Burst::Over => return,
             Burst::TakenOver(run, io) => {
                 // Out of the burst's box (freed with the hyper connection in it): the
                 // connection now costs the takeover's state only.
-                run(io, signals.stop.clone()).await;
+                run(io, connections.stop.clone()).await;
                 return;
             }
         };
@@ -1145,7 +1243,7 @@ async fn connection<S: HttpService>(
             return;
         }
         prefix = if leftover.is_empty() {
-            match next_request_bytes(&stream, &state, builders.idle, &mut signals).await {
+            match next_request_bytes(&stream, &state, builders.idle).await {
                 Some(b) => b,
                 None => return,
             }
@@ -1165,7 +1263,7 @@ async fn connection<S: HttpService>(
 /// The first bytes of a new connection, enough to tell HTTP/2 from HTTP/1: `None` if none
 /// arrive within `idle_timeout` (or soon after the listener stops), or the preface does not
 /// complete within `header_read_timeout`. Until then there is no hyper connection.
-async fn first_bytes(stream: &Stream, builders: &Builders, signals: &mut Signals) -> Option<Bytes> {
+async fn first_bytes(stream: &Stream, state: &ConnState, builders: &Builders) -> Option<Bytes> {
     let mut buf = [0u8; 24];
     let idle = tokio::time::sleep(builders.idle);
     tokio::pin!(idle);
@@ -1176,7 +1274,7 @@ async fn first_bytes(stream: &Stream, builders: &Builders, signals: &mut Signals
             () = &mut idle => return None,
             // A client that connected just before the listener stopped is about to send its
             // request: it gets a moment to, instead of a reset after writing it.
-            () = wait_true(&mut signals.stop), if !stopping => {
+            _ = state.events(STOPPED), if !stopping => {
                 stopping = true;
                 let soon = tokio::time::Instant::now() + FIRST_REQUEST_AFTER_STOP;
                 if soon < idle.deadline() {
@@ -1198,12 +1296,7 @@ async fn first_bytes(stream: &Stream, builders: &Builders, signals: &mut Signals
 
 /// Waits, idle, for the first bytes of a connection's next request: `None` when the client
 /// closes, at `idle_timeout` after the last response, or when the listener stops.
-async fn next_request_bytes(
-    stream: &Stream,
-    state: &ConnState,
-    idle: Duration,
-    signals: &mut Signals,
-) -> Option<Bytes> {
+async fn next_request_bytes(stream: &Stream, state: &ConnState, idle: Duration) -> Option<Bytes> {
     let deadline = state.last_io() + idle;
     // Enough for a whole usual head, so hyper parses it without reading again; on the stack
     // only while a read is tried, never while waiting (each idle connection would keep it).
@@ -1227,7 +1320,7 @@ async fn next_request_bytes(
             _ => None,
         },
         () = tokio::time::sleep_until(deadline.into()) => None,
-        () = wait_true(&mut signals.stop) => None,
+        _ = state.events(STOPPED) => None,
     }
 }
 
@@ -1237,7 +1330,6 @@ async fn serve_h2<S: HttpService>(
     state: &Arc<ConnState>,
     svc: PerConnection<S>,
     prefix: Bytes,
-    signals: Signals,
 ) {
     let io = TokioIo::new(Io {
         stream: stream.clone(),
@@ -1246,7 +1338,7 @@ async fn serve_h2<S: HttpService>(
     });
     let conn = builders.h2.serve_connection(io, svc);
     tokio::pin!(conn);
-    if let (Err(e), _) = drive(conn, state, builders, signals, Mode::Http2).await {
+    if let (Err(e), _) = drive(conn, state, builders, Mode::Http2).await {
         tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
     }
 }
@@ -1278,7 +1370,6 @@ async fn h1_burst<S: HttpService>(
     state: &Arc<ConnState>,
     svc: PerConnection<S>,
     prefix: Bytes,
-    signals: Signals,
 ) -> Burst<S> {
     let io = TokioIo::new(Io {
         stream: stream.clone(),
@@ -1289,8 +1380,7 @@ async fn h1_burst<S: HttpService>(
     let mut h1 = builders.h1.clone();
     h1.timer(HeadClock(state.clone()));
     let mut conn = h1.serve_connection(io, svc);
-    let (result, reusable) =
-        drive(Pin::new(&mut conn), state, builders, signals, Mode::Http1).await;
+    let (result, reusable) = drive(Pin::new(&mut conn), state, builders, Mode::Http1).await;
     match result {
         Ok(()) if reusable => {
             let parts = conn.into_parts();
@@ -1409,15 +1499,15 @@ enum Due {
 /// HTTP/1 is also ended (to be resumed by a fresh connection) once no request is in flight
 /// after a response; the `bool` says the connection may be resumed.
 ///
-/// Every wait is made once per call and kept across wake-ups, with one timer reset in place
-/// for whatever is due next: a `select!` builds its branches' futures again on each pass, so
-/// each wake-up (several per request) registered and dropped a timer and the watch waits
-/// again (callgrind, GET: 92.7k instructions per request before).
+/// A wake-up (several per request) costs an atomic load for the connection's and the
+/// listener's events ([`ConnState::events`]) and nothing for the one timer, which is reset in
+/// place for whatever is due next: a `select!` builds its branches' futures again on each
+/// pass, and a timer and a watch wait per signal, registered and dropped on each, cost about
+/// 5k instructions per GET (callgrind: the connection task outside hyper, 10.0k -> 4.8-7.7k).
 async fn drive<C: Graceful + ?Sized>(
     mut conn: Pin<&mut C>,
     state: &ConnState,
     builders: &Builders,
-    mut signals: Signals,
     mode: Mode,
 ) -> (hyper::Result<()>, bool) {
     let h2 = mode == Mode::Http2;
@@ -1426,42 +1516,64 @@ async fn drive<C: Graceful + ?Sized>(
     let mut closing = false;
     let mut handing_back = false;
     let mut stop_seen = false;
-    let quiet = state.quiet.notified();
-    let draining = wait_true(&mut signals.draining);
-    let stop = wait_true(&mut signals.stop);
-    let grace_over = wait_true(&mut signals.grace_over);
     let timer = tokio::time::sleep_until((state.last_io() + idle).into());
-    tokio::pin!(quiet, draining, stop, grace_over, timer);
+    tokio::pin!(timer);
     let mut due = Due::Idle;
     loop {
+        let mut wanted = GRACE_OVER;
+        if !closing {
+            if mode == Mode::Http1 {
+                wanted |= QUIET;
+            }
+            if h2 {
+                wanted |= DRAINING;
+            }
+            if !stop_seen {
+                wanted |= STOPPED;
+            }
+        }
         // The graceful close asked for on `close`, and the deadline it gets.
         let mut close: Option<Duration> = None;
         tokio::select! {
             res = std::future::poll_fn(|cx| conn.as_mut().poll_done(cx)) => {
                 return (res, handing_back);
             }
-            () = &mut quiet, if mode == Mode::Http1 && !closing => {
-                quiet.set(state.quiet.notified());
-                if !state.busy()
-                    && state.responses.load(Ordering::Relaxed) > served_before
-                    && state.reading_head.load(Ordering::Relaxed)
-                {
-                    handing_back = true;
-                    // Bounds a client that does not read the rest of the response.
-                    close = Some(idle);
+            events = state.events(wanted) => {
+                if events & GRACE_OVER != 0 {
+                    // The 503s were produced; let them be written, then drop the rest.
+                    let _ = tokio::time::timeout(
+                        FLUSH_LIMIT,
+                        std::future::poll_fn(|cx| conn.as_mut().poll_done(cx)),
+                    )
+                    .await;
+                    return (Ok(()), false);
                 }
-            }
-            () = &mut draining, if h2 && !closing => close = Some(CLOSE_LIMIT),
-            () = &mut stop, if !closing && !stop_seen => {
-                stop_seen = true;
-                // HTTP/1: a request whose head is arriving is answered first (hyper would
-                // drop it with the connection); it is dispatched soon or cut by the header
-                // timeout.
-                if h2 || state.busy() || !state.head_started() {
+                if wanted & events & QUIET != 0 {
+                    // Cleared before looking, so a request ending after the look wakes again.
+                    state.events.fetch_and(!QUIET, Ordering::AcqRel);
+                    if !state.busy()
+                        && state.responses.load(Ordering::Relaxed) > served_before
+                        && state.reading_head.load(Ordering::Relaxed)
+                    {
+                        handing_back = true;
+                        // Bounds a client that does not read the rest of the response.
+                        close = Some(idle);
+                    }
+                }
+                if wanted & events & DRAINING != 0 {
                     close = Some(CLOSE_LIMIT);
-                } else {
-                    due = Due::StopRecheck;
-                    timer.as_mut().reset(tokio::time::Instant::now() + STOP_RECHECK);
+                }
+                if wanted & events & STOPPED != 0 && close.is_none() {
+                    stop_seen = true;
+                    // HTTP/1: a request whose head is arriving is answered first (hyper would
+                    // drop it with the connection); it is dispatched soon or cut by the header
+                    // timeout.
+                    if h2 || state.busy() || !state.head_started() {
+                        close = Some(CLOSE_LIMIT);
+                    } else {
+                        due = Due::StopRecheck;
+                        timer.as_mut().reset(tokio::time::Instant::now() + STOP_RECHECK);
+                    }
                 }
             }
             () = &mut timer => {
@@ -1484,15 +1596,6 @@ async fn drive<C: Graceful + ?Sized>(
                     }
                     Due::Hard => timer.as_mut().reset((now + CLOSE_LIMIT).into()),
                 }
-            }
-            () = &mut grace_over => {
-                // The 503s were produced; let them be written, then drop the rest.
-                let _ = tokio::time::timeout(
-                    FLUSH_LIMIT,
-                    std::future::poll_fn(|cx| conn.as_mut().poll_done(cx)),
-                )
-                .await;
-                return (Ok(()), false);
             }
         }
         if let Some(limit) = close {
