@@ -142,30 +142,32 @@ fn with_line_buf(sink: &LogSink, f: impl FnOnce(&mut Vec<u8>)) -> bool {
     })
 }
 
-/// Writes `fields` (a struct serialised as a JSON object) as one INFO event of `target` in
-/// the JSON log's layout (`timestamp`, `level`, the fields, `target`), straight into the log
-/// buffer. False when the JSON log's fast path is not installed: the caller logs through
-/// `tracing` (which the caller's `tracing::enabled!` check has already filtered).
-pub fn write_json_event(target: &str, fields: &impl serde::Serialize) -> bool {
+/// Writes one INFO event of `target` in the JSON log's layout (`timestamp` at `now`, `level`,
+/// the fields `fields` writes, `target`) straight into the log buffer. `fields` writes the
+/// members of a JSON object without its braces (`"a":1,"b":2`, not empty). False when the JSON
+/// log's fast path is not installed: the caller logs through `tracing` (which the caller's
+/// `tracing::enabled!` check has already filtered).
+pub fn write_json_event(target: &str, now: SystemTime, fields: impl FnOnce(&mut Vec<u8>)) -> bool {
     let Some((sink, LogFormat::Json)) = ACCESS.get() else {
         return false;
     };
-    let Ok(obj) = serde_json::to_vec(fields) else {
-        return false;
-    };
-    let mut out = Vec::with_capacity(obj.len() + 96);
+    with_line_buf(sink, |out| json_event(out, now, target, fields))
+}
+
+/// The line [`write_json_event`] writes.
+pub(crate) fn json_event(
+    out: &mut Vec<u8>,
+    now: SystemTime,
+    target: &str,
+    fields: impl FnOnce(&mut Vec<u8>),
+) {
     out.extend_from_slice(b"{\"timestamp\":\"");
-    timestamp(&mut out, SystemTime::now());
-    out.extend_from_slice(b"\",\"level\":\"INFO\"");
-    if obj.len() > 2 {
-        out.push(b',');
-        out.extend_from_slice(&obj[1..obj.len() - 1]);
-    }
+    timestamp(out, now);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",");
+    fields(out);
     out.extend_from_slice(b",\"target\":");
-    json_str(&mut out, target);
+    json_str(out, target);
     out.extend_from_slice(b"}\n");
-    let _ = sink.lock().write_all(&out);
-    true
 }
 
 /// The fields of one text-format event, written as tracing-subscriber's text format writes
@@ -199,14 +201,17 @@ impl TextFields<'_> {
 /// the fields `fields` writes) straight into the log buffer, without tracing's field visitors
 /// (an audit record through them cost about 16% of a proxied GET's instructions). False when
 /// the text log's fast path is not installed: the caller logs through `tracing` (whose
-/// filter the caller's `tracing::enabled!` check has already applied).
-pub fn write_text_event(target: &str, fields: impl FnOnce(&mut TextFields<'_>)) -> bool {
+/// filter the caller's `tracing::enabled!` check has already applied). The line's timestamp
+/// is `now`.
+pub fn write_text_event(
+    target: &str,
+    now: SystemTime,
+    fields: impl FnOnce(&mut TextFields<'_>),
+) -> bool {
     let Some((sink, LogFormat::Text)) = ACCESS.get() else {
         return false;
     };
-    with_line_buf(sink, |buf| {
-        text_event(buf, SystemTime::now(), target, fields)
-    })
+    with_line_buf(sink, |buf| text_event(buf, now, target, fields))
 }
 
 /// The line [`write_text_event`] writes, at `now`.
@@ -312,43 +317,101 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
 }
 
 /// RFC 3339 UTC with milliseconds (truncated), as `humantime::format_rfc3339_millis` writes it.
-pub(crate) fn rfc3339_millis(now: SystemTime) -> String {
-    let mut out = Vec::with_capacity(27);
-    timestamp(&mut out, now);
-    out.truncate(23);
-    out.push(b'Z');
-    String::from_utf8(out).unwrap_or_default()
+#[cfg(test)]
+fn rfc3339_millis(now: SystemTime) -> String {
+    Rfc3339Millis::new(now).as_str().to_owned()
+}
+
+/// An RFC 3339 UTC time with milliseconds (`2026-12-01T22:46:12.884Z`), held inline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339Millis([u8; 24]);
+
+impl Rfc3339Millis {
+    /// `now`, the milliseconds truncated.
+    pub fn new(now: SystemTime) -> Self {
+        let d = since_epoch(now);
+        let mut b = [0u8; 24];
+        b[..19].copy_from_slice(&second(d.as_secs()));
+        b[19] = b'.';
+        put_digits(&mut b[20..23], u64::from(d.subsec_millis()));
+        b[23] = b'Z';
+        Self(b)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Rfc3339Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl serde::Serialize for Rfc3339Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+fn since_epoch(now: SystemTime) -> Duration {
+    now.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Writes `v` as `out.len()` decimal digits, zero-padded (the high digits dropped).
+fn put_digits(out: &mut [u8], mut v: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of the second `secs` after the epoch; the last one formatted is kept
+/// per thread, since most lines fall in the same second as the one before.
+fn second(secs: u64) -> [u8; 19] {
+    thread_local! {
+        static LAST: std::cell::Cell<(u64, [u8; 19])> =
+            const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
+    LAST.with(|last| {
+        let (at, text) = last.get();
+        if at == secs {
+            return text;
+        }
+        let text = format_second(secs);
+        last.set((secs, text));
+        text
+    })
+}
+
+fn format_second(secs: u64) -> [u8; 19] {
+    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    let sod = secs % 86_400;
+    let mut b = [0u8; 19];
+    put_digits(&mut b[0..4], y.clamp(0, 9999) as u64);
+    b[4] = b'-';
+    put_digits(&mut b[5..7], u64::from(m));
+    b[7] = b'-';
+    put_digits(&mut b[8..10], u64::from(day));
+    b[10] = b'T';
+    put_digits(&mut b[11..13], sod / 3600);
+    b[13] = b':';
+    put_digits(&mut b[14..16], sod / 60 % 60);
+    b[16] = b':';
+    put_digits(&mut b[17..19], sod % 60);
+    b
 }
 
 /// RFC 3339 UTC with microseconds, as tracing-subscriber writes it.
 fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
-    let d = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
-    let sod = secs % 86_400;
+    let d = since_epoch(now);
     let mut b = [0u8; 27];
-    let put = |b: &mut [u8], at: usize, v: u64, n: usize| {
-        let mut v = v;
-        for i in (0..n).rev() {
-            b[at + i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(&mut b, 0, y.clamp(0, 9999) as u64, 4);
-    b[4] = b'-';
-    put(&mut b, 5, m as u64, 2);
-    b[7] = b'-';
-    put(&mut b, 8, day as u64, 2);
-    b[10] = b'T';
-    put(&mut b, 11, sod / 3600, 2);
-    b[13] = b':';
-    put(&mut b, 14, sod / 60 % 60, 2);
-    b[16] = b':';
-    put(&mut b, 17, sod % 60, 2);
+    b[..19].copy_from_slice(&second(d.as_secs()));
     b[19] = b'.';
-    put(&mut b, 20, u64::from(d.subsec_micros()), 6);
+    put_digits(&mut b[20..26], u64::from(d.subsec_micros()));
     b[26] = b'Z';
     out.extend_from_slice(&b);
 }
@@ -367,12 +430,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The bytes `Debug` writes as they are inside a string: printable ASCII but `"` and `\`.
+static DEBUG_PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
 /// A `&str` field as tracing's text format writes it: Rust `Debug`, quoted.
 fn debug_str(out: &mut Vec<u8>, s: &str) {
     // A fold, not `all`: without the early exit the check runs on whole vectors of bytes.
-    let plain = s.bytes().fold(true, |ok, b| {
-        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
-    });
+    let plain = s
+        .bytes()
+        .fold(true, |ok, b| ok & DEBUG_PLAIN[usize::from(b)]);
     if plain {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -385,30 +459,46 @@ fn debug_str(out: &mut Vec<u8>, s: &str) {
 /// `value` as `{value:?}` writes it; latencies (whole microseconds in milliseconds, below
 /// 10^12) with integers instead of the float formatter.
 fn debug_f64(out: &mut Vec<u8>, value: f64) {
-    let micros = (value * 1e3).round();
-    // Within this range a double is closer than 0.0005 to its neighbours, so the shortest
-    // decimal that reads back as `value` is `micros / 1000` with trailing zeros dropped.
-    if value.is_sign_positive() && (0.0..1e15).contains(&micros) && micros / 1e3 == value {
-        let micros = micros as u64;
-        out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
-        out.push(b'.');
-        let frac = micros % 1000;
-        let digits = [
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ];
-        let keep = if frac % 100 == 0 {
-            1
-        } else if frac % 10 == 0 {
-            2
-        } else {
-            3
-        };
-        out.extend_from_slice(&digits[..keep]);
-    } else {
+    if !latency_f64(out, value) {
         let _ = write!(out, "{value:?}");
     }
+}
+
+/// `value` as serde_json writes it (`null` when not finite); latencies as [`debug_f64`] does,
+/// which for them is the same text.
+pub(crate) fn json_f64(out: &mut Vec<u8>, value: f64) {
+    if !latency_f64(out, value) {
+        let _ = serde_json::to_writer(&mut *out, &value);
+    }
+}
+
+/// Writes `value` and returns true when it is a latency: whole microseconds in milliseconds,
+/// non-negative, below 10^12. Within this range a double is closer than 0.0005 to its
+/// neighbours, so the shortest decimal that reads back as `value` (what both `{:?}` and
+/// serde_json write) is `micros / 1000` with trailing zeros dropped, one kept after the point.
+fn latency_f64(out: &mut Vec<u8>, value: f64) -> bool {
+    let micros = (value * 1e3).round();
+    if !(value.is_sign_positive() && (0.0..1e15).contains(&micros) && micros / 1e3 == value) {
+        return false;
+    }
+    let micros = micros as u64;
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+    out.push(b'.');
+    let frac = micros % 1000;
+    let digits = [
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let keep = if frac % 100 == 0 {
+        1
+    } else if frac % 10 == 0 {
+        2
+    } else {
+        3
+    };
+    out.extend_from_slice(&digits[..keep]);
+    true
 }
 
 /// A JSON string literal.
@@ -663,6 +753,71 @@ mod tests {
                 humantime::format_rfc3339_millis(t).to_string()
             );
         }
+    }
+
+    /// The second kept per thread follows the clock: forwards within a second and across
+    /// seconds, minutes and days, and backwards.
+    #[test]
+    fn the_kept_second_follows_the_clock() {
+        let start = 1_796_169_598_000u64; // 2026-12-01T23:59:58Z, in milliseconds
+        let mut ms: Vec<u64> = (0..40).map(|i| start + i * 137).collect();
+        ms.extend([
+            start + 3_000,
+            start,
+            start - 86_400_000,
+            start + 999,
+            start + 1_000,
+        ]);
+        for m in ms {
+            let t = std::time::UNIX_EPOCH + Duration::from_millis(m);
+            assert_eq!(
+                Rfc3339Millis::new(t).as_str(),
+                humantime::format_rfc3339_millis(t).to_string()
+            );
+            let mut out = Vec::new();
+            timestamp(&mut out, t);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                humantime::format_rfc3339_micros(t).to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn json_floats_as_serde_json_writes_them() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut values: Vec<f64> = (0..20_000u64).map(|us| us as f64 / 1e3).collect();
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.extend([f64::from_bits(x), (x % 10_000_000_000) as f64 / 1e3]);
+        }
+        values.extend([-0.0, 1e16, 1e-7, 0.1 + 0.2, f64::NAN, f64::NEG_INFINITY]);
+        for v in values {
+            let mut out = Vec::new();
+            json_f64(&mut out, v);
+            assert_eq!(out, serde_json::to_vec(&v).unwrap(), "{}", v.to_bits());
+        }
+    }
+
+    #[test]
+    fn strings_as_debug_writes_them() {
+        let mut all = String::new();
+        for c in (0u8..0x80)
+            .map(char::from)
+            .chain(['é', '\u{a0}', '\u{2028}', '\u{10ffff}'])
+        {
+            all.push(c);
+            for s in [c.to_string(), format!("ab{c}cd")] {
+                let mut out = Vec::new();
+                debug_str(&mut out, &s);
+                assert_eq!(String::from_utf8(out).unwrap(), format!("{s:?}"));
+            }
+        }
+        let mut out = Vec::new();
+        debug_str(&mut out, &all);
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{all:?}"));
     }
 
     #[test]

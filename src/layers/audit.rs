@@ -25,6 +25,7 @@ use crate::credentials::CredentialStore;
 use crate::error::{ErrorCode, ServedBy};
 use crate::forward::UpstreamLatency;
 use crate::layers::trace::X_REQUEST_ID;
+use crate::logging::Rfc3339Millis;
 use crate::policy::allowlist::Decision;
 use crate::policy::operations;
 use crate::route::Routes;
@@ -39,7 +40,7 @@ static UPSTREAM_ID_HEADERS: [HeaderName; 2] =
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Record<'a> {
     /// RFC 3339, UTC, milliseconds.
-    pub time: String,
+    pub time: Rfc3339Millis,
     pub request_id: Cow<'a, str>,
     /// W3C trace id (32 hex digits), when the request carried or was given one.
     pub trace_id: Option<&'a str>,
@@ -73,7 +74,7 @@ impl Record<'_> {
     /// The fields as the `tracing::info!` in [`Sink::write`] records them (strings quoted,
     /// `None` left out), in its order.
     fn text_fields(&self, f: &mut crate::logging::TextFields<'_>) {
-        f.str("time", &self.time);
+        f.str("time", self.time.as_str());
         f.str("request_id", &self.request_id);
         if let Some(v) = &self.trace_id {
             f.str("trace_id", v);
@@ -111,6 +112,114 @@ impl Record<'_> {
         }
         f.str("access_key_id", self.access_key_id);
     }
+
+    /// The record as `serde_json::to_vec` writes it, byte for byte, without serde.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        self.json_fields(out);
+        out.push(b'}');
+    }
+
+    /// The JSON object's members, without its braces.
+    fn json_fields(&self, out: &mut Vec<u8>) {
+        use json::{f64, opt_f64, opt_str, opt_u64, str};
+        out.extend_from_slice(b"\"time\":");
+        str(out, self.time.as_str());
+        out.extend_from_slice(b",\"request_id\":");
+        str(out, &self.request_id);
+        out.extend_from_slice(b",\"trace_id\":");
+        opt_str(out, self.trace_id);
+        out.extend_from_slice(b",\"service\":");
+        opt_str(out, self.service);
+        out.extend_from_slice(b",\"operation\":");
+        str(out, &self.operation);
+        out.extend_from_slice(b",\"api_version\":");
+        opt_str(out, self.api_version.as_deref());
+        out.extend_from_slice(b",\"decision\":");
+        str(out, self.decision);
+        out.extend_from_slice(b",\"code\":");
+        opt_str(out, self.code);
+        out.extend_from_slice(b",\"status\":");
+        opt_u64(out, Some(self.status.into()));
+        out.extend_from_slice(b",\"hint\":");
+        opt_str(out, self.hint);
+        out.extend_from_slice(b",\"upstream_status\":");
+        opt_u64(out, self.upstream_status.map(u64::from));
+        out.extend_from_slice(b",\"upstream_request_id\":");
+        opt_str(out, self.upstream_request_id.as_deref());
+        out.extend_from_slice(b",\"latency_ms\":");
+        f64(out, self.latency_ms);
+        out.extend_from_slice(b",\"upstream_ms\":");
+        opt_f64(out, self.upstream_ms);
+        out.extend_from_slice(b",\"request_bytes\":");
+        opt_u64(out, self.request_bytes);
+        out.extend_from_slice(b",\"response_bytes\":");
+        opt_u64(out, self.response_bytes);
+        out.extend_from_slice(b",\"access_key_id\":");
+        str(out, self.access_key_id);
+    }
+}
+
+/// JSON values as serde_json's compact writer writes them.
+mod json {
+    /// A string literal, escaped as serde_json escapes: `"` and `\` behind a backslash, the
+    /// short escapes for backspace, form feed, newline, carriage return and tab, `\u00xx` for
+    /// other control bytes; everything else (DEL and non-ASCII included) as is.
+    pub(super) fn str(out: &mut Vec<u8>, s: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let bytes = s.as_bytes();
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let short: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0..=0x1f => &[],
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[start..i]);
+            start = i + 1;
+            if short.is_empty() {
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+            } else {
+                out.extend_from_slice(short);
+            }
+        }
+        out.extend_from_slice(&bytes[start..]);
+        out.push(b'"');
+    }
+
+    pub(super) fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            Some(s) => str(out, s),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    pub(super) fn opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
+        match v {
+            Some(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    pub(super) fn f64(out: &mut Vec<u8>, v: f64) {
+        crate::logging::json_f64(out, v);
+    }
+
+    pub(super) fn opt_f64(out: &mut Vec<u8>, v: Option<f64>) {
+        match v {
+            Some(v) => f64(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
 }
 
 /// Where records go.
@@ -145,12 +254,13 @@ impl Sink {
         }
     }
 
-    fn write(&self, r: &Record) {
+    /// Writes `r`, made at `now` (the log line's timestamp).
+    fn write(&self, r: &Record, now: SystemTime) {
         match self {
-            // The JSON log's line is formatted straight from the record (no tracing fields).
-            Sink::Log if crate::logging::write_json_event("audit", r) => {}
+            // The JSON log's line is written straight from the record (no serde, no tracing).
+            Sink::Log if crate::logging::write_json_event("audit", now, |o| r.json_fields(o)) => {}
             // And the text log's, in tracing's layout for the fields below.
-            Sink::Log if crate::logging::write_text_event("audit", |f| r.text_fields(f)) => {}
+            Sink::Log if crate::logging::write_text_event("audit", now, |f| r.text_fields(f)) => {}
             // `&str` values are quoted and escaped by the text format (`%` ones are not), so
             // a client-chosen path in `operation` cannot forge `key=value` pairs.
             Sink::Log => tracing::info!(
@@ -174,7 +284,8 @@ impl Sink {
                 access_key_id = r.access_key_id,
             ),
             Sink::File { path, file } => {
-                let mut line = serde_json::to_vec(r).unwrap_or_default();
+                let mut line = Vec::with_capacity(512);
+                r.write_json(&mut line);
                 line.push(b'\n');
                 let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = f.write_all(&line) {
@@ -185,20 +296,129 @@ impl Sink {
     }
 }
 
+/// The built-in catalog's operations for one target, read once so that naming a request's
+/// operation matches segments in place (the catalog's own matcher collects the path's
+/// segments into a `Vec` per pattern).
+#[derive(Debug)]
+enum Catalog {
+    /// In [`operations::find`]'s order.
+    Ops(Vec<CatalogOp>),
+    /// A pattern this matcher does not read (`**`): ask [`operations::find`].
+    Find,
+}
+
+/// `METHOD /a/*/b`: each segment a literal or (`None`) `*`, one non-empty segment.
+#[derive(Debug)]
+struct CatalogOp {
+    method: &'static str,
+    segments: Vec<Option<&'static str>>,
+    text: &'static str,
+}
+
+impl Catalog {
+    fn new(service: &str) -> Self {
+        let mut ops = Vec::new();
+        for text in operations::list(service) {
+            // The text `operations::find` returns is the parsed rule's.
+            let same = crate::policy::allowlist::Rule::parse(text).is_ok_and(|r| r.text == text);
+            let Some((method, pattern)) = text.split_once(' ').filter(|_| same) else {
+                return Catalog::Find;
+            };
+            let mut segments = Vec::new();
+            for seg in pattern.strip_prefix('/').unwrap_or(pattern).split('/') {
+                segments.push(match seg {
+                    "*" => None,
+                    "**" => return Catalog::Find,
+                    s => Some(s),
+                });
+            }
+            ops.push(CatalogOp {
+                method,
+                segments,
+                text,
+            });
+        }
+        Catalog::Ops(ops)
+    }
+
+    /// [`operations::find`] for this target's service.
+    fn find(&self, service: &str, method: &str, path: &str) -> Option<&'static str> {
+        let ops = match self {
+            Catalog::Ops(ops) => ops,
+            Catalog::Find => return operations::find(service, method, path),
+        };
+        let path = path.strip_prefix('/').unwrap_or(path).as_bytes();
+        ops.iter()
+            .find(|op| op.method == method && op.matches(path))
+            .map(|op| op.text)
+    }
+}
+
+impl CatalogOp {
+    /// Whether `path` (without its leading `/`) has this pattern's segments: walked in place,
+    /// a literal compared where it stands, a `*` up to the next `/`.
+    fn matches(&self, path: &[u8]) -> bool {
+        let mut rest = path;
+        for (i, want) in self.segments.iter().enumerate() {
+            if i > 0 {
+                match rest.split_first() {
+                    Some((b'/', tail)) => rest = tail,
+                    _ => return false,
+                }
+            }
+            let len = match want {
+                Some(lit) if rest.starts_with(lit.as_bytes()) => lit.len(),
+                Some(_) => return false,
+                None => match rest.iter().position(|&b| b == b'/').unwrap_or(rest.len()) {
+                    0 => return false,
+                    n => n,
+                },
+            };
+            rest = &rest[len..];
+            if rest.first().is_some_and(|&b| b != b'/') {
+                return false;
+            }
+        }
+        rest.is_empty()
+    }
+}
+
 #[derive(Clone, Debug)]
-pub struct AuditLayer {
+pub struct AuditLayer(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
     routes: Routes<Target>,
     store: CredentialStore,
     sink: Sink,
+    /// Per target, in `routes.targets()` order.
+    targets: Vec<PerTarget>,
+}
+
+/// What the record takes from a target, read once.
+#[derive(Debug)]
+struct PerTarget {
+    catalog: Catalog,
+    /// The `Scp-Api-Version` it sends, as text.
+    api_version: String,
 }
 
 impl AuditLayer {
     pub fn new(routes: Routes<Target>, store: CredentialStore, sink: Sink) -> Self {
-        Self {
+        let targets = routes
+            .targets()
+            .iter()
+            .map(|t| PerTarget {
+                catalog: Catalog::new(t.name()),
+                api_version: String::from_utf8_lossy(t.version_header.as_bytes()).into_owned(),
+            })
+            .collect();
+        Self(Arc::new(Shared {
             routes,
             store,
             sink,
-        }
+            targets,
+        }))
     }
 }
 
@@ -233,7 +453,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let state = self.layer.sink.enabled().then(|| State {
+        let state = self.layer.0.sink.enabled().then(|| State {
             layer: self.layer.clone(),
             started: Instant::now(),
             method: req.method().clone(),
@@ -278,12 +498,17 @@ impl State {
         &'a self,
         resp: &'a Response<RB>,
         access_key_id: &'a str,
+        now: SystemTime,
     ) -> Record<'a> {
         let ext = resp.extensions();
         let code = ext.get::<ErrorCode>().map(|c| c.0);
-        let target = ext
-            .get::<ServedBy>()
-            .and_then(|s| self.layer.routes.get(s.0));
+        let shared = &*self.layer.0;
+        let served = ext.get::<ServedBy>().and_then(|s| {
+            let targets = shared.routes.targets();
+            let i = targets.iter().position(|t| t.name() == s.0)?;
+            Some((&targets[i], shared.targets.get(i)?))
+        });
+        let target = served.map(|(t, _)| t);
         let status = resp.status().as_u16();
         let (decision, upstream_status) = match code {
             None => ("forwarded", Some(status)),
@@ -291,7 +516,12 @@ impl State {
             Some(_) => ("failed", None),
         };
         let forwarded = code.is_none();
-        let operation = operation_ref(target, &self.layer.routes, &self.method, &self.uri);
+        let operation = operation_ref(
+            served.map(|(t, per)| (t, &per.catalog)),
+            &shared.routes,
+            &self.method,
+            &self.uri,
+        );
         let upstream_request_id = forwarded
             .then(|| {
                 UPSTREAM_ID_HEADERS
@@ -301,20 +531,24 @@ impl State {
             })
             .flatten();
         Record {
-            time: crate::logging::rfc3339_millis(SystemTime::now()),
+            time: Rfc3339Millis::new(now),
             request_id: self
                 .request_id
                 .as_ref()
-                .map_or(Cow::Borrowed(""), |v| String::from_utf8_lossy(v.as_bytes())),
+                .map_or(Cow::Borrowed(""), |v| match v.to_str() {
+                    // Visible ASCII, checked without a UTF-8 decode.
+                    Ok(s) => Cow::Borrowed(s),
+                    Err(_) => String::from_utf8_lossy(v.as_bytes()),
+                }),
             trace_id: self
                 .trace_id
                 .as_ref()
                 .and_then(|h| std::str::from_utf8(h).ok()),
             service: target.map(|t| t.name()),
             operation,
-            api_version: target
+            api_version: served
                 .filter(|_| forwarded)
-                .map(|t| String::from_utf8_lossy(t.version_header.as_bytes())),
+                .map(|(_, per)| Cow::Borrowed(per.api_version.as_str())),
             decision,
             code,
             status,
@@ -338,23 +572,21 @@ pub(crate) fn operation(
     method: &Method,
     uri: &Uri,
 ) -> String {
-    operation_ref(target, routes, method, uri).into_owned()
+    let served = target.map(|t| (t, &Catalog::Find));
+    operation_ref(served, routes, method, uri).into_owned()
 }
 
-/// [`operation`], borrowing the pattern from the target or the catalog.
+/// [`operation`], borrowing the pattern from the target or the catalog, which `served` holds
+/// with the target.
 fn operation_ref<'a>(
-    target: Option<&'a Arc<Target>>,
+    served: Option<(&'a Arc<Target>, &Catalog)>,
     routes: &Routes<Target>,
     method: &Method,
     uri: &Uri,
 ) -> Cow<'a, str> {
     let method = method.as_str();
-    // The path as the service saw it: routing strips a `/{service}` prefix.
-    let path = match routes.split(uri.path(), None) {
-        Some(s) => s.path,
-        None => uri.path(),
-    };
-    let pattern = target.and_then(|t| {
+    let path = service_path(routes, uri.path());
+    let pattern = served.and_then(|(t, catalog)| {
         let rule = t
             .allowlist
             .as_ref()
@@ -362,11 +594,27 @@ fn operation_ref<'a>(
                 Decision::Allowed(i) => a.list.rules.get(i).map(|r| r.text.as_str()),
                 _ => None,
             });
-        rule.or_else(|| operations::find(t.name(), method, path))
+        rule.or_else(|| catalog.find(t.name(), method, path))
     });
     match pattern {
         Some(p) => Cow::Borrowed(p),
         None => Cow::Owned(format!("{method} {path}")),
+    }
+}
+
+/// The path as the service saw it: routing strips a `/{service}` prefix
+/// ([`Routes::split`]'s `path`, without the rewritten URI it builds).
+fn service_path<'p>(routes: &Routes<Target>, path: &'p str) -> &'p str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    // A byte loop: cheaper than `str::find`'s searcher on a path this short.
+    let (first, tail) = match rest.bytes().position(|b| b == b'/') {
+        Some(i) => (&rest[..i], Some(&rest[i..])),
+        None => (rest, None),
+    };
+    if routes.targets().iter().any(|t| t.name() == first) {
+        tail.unwrap_or("/")
+    } else {
+        path
     }
 }
 
@@ -394,11 +642,13 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         if let (Ok(resp), Some(state)) = (&out, this.state.take()) {
-            let creds = state.layer.store.current();
-            state
-                .layer
+            let shared = &*state.layer.0;
+            let creds = shared.store.current();
+            // One clock read for the record's time and its log line's timestamp.
+            let now = SystemTime::now();
+            shared
                 .sink
-                .write(&state.record(resp, &creds.access_key));
+                .write(&state.record(resp, &creds.access_key, now), now);
         }
         Poll::Ready(out)
     }
@@ -426,7 +676,10 @@ mod tests {
 
     fn record(all: bool) -> Record<'static> {
         Record {
-            time: "2026-12-01T22:46:12.884Z".into(),
+            // 2026-12-01T22:46:12.884Z
+            time: Rfc3339Millis::new(
+                std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_796_165_172_884_913),
+            ),
             request_id: "ff8b06aa-000000000000".into(),
             trace_id: all.then_some("fe71455acbc312a89c3b6ddc5af24d5c"),
             service: all.then_some("virtual\"server"),
@@ -463,7 +716,9 @@ mod tests {
                 .with_ansi(false)
                 .finish();
             // No fast path is installed in tests, so this goes through `tracing::info!`.
-            tracing::subscriber::with_default(subscriber, || Sink::Log.write(&r));
+            tracing::subscriber::with_default(subscriber, || {
+                Sink::Log.write(&r, SystemTime::now())
+            });
             let slow = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
             let mut fast = Vec::new();
             crate::logging::text_event(&mut fast, SystemTime::now(), "audit", |f| r.text_fields(f));
@@ -471,5 +726,145 @@ mod tests {
             let tail = |s: &str| s[s.find(" INFO ").expect("level")..].to_owned();
             assert_eq!(tail(&fast), tail(&slow), "all optional fields: {all}");
         }
+    }
+
+    #[test]
+    fn the_time_is_rfc3339_millis() {
+        assert_eq!(record(true).time.as_str(), "2026-12-01T22:46:12.884Z");
+    }
+
+    /// The hand-written JSON is serde_json's for the record, byte for byte.
+    #[test]
+    fn json_is_serde_jsons() {
+        for all in [true, false] {
+            let r = record(all);
+            let mut out = Vec::new();
+            r.write_json(&mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&r).unwrap(),
+                "all optional fields: {all}"
+            );
+        }
+    }
+
+    /// The JSON log's line is the layout the serde path wrote: the serialised record's members
+    /// between the log's `timestamp`/`level` and its `target`.
+    #[test]
+    fn json_log_line_wraps_the_record() {
+        let r = record(true);
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_796_165_172_884_913);
+        let mut line = Vec::new();
+        crate::logging::json_event(&mut line, now, "audit", |o| r.json_fields(o));
+        let obj = serde_json::to_string(&r).unwrap();
+        let want = format!(
+            "{{\"timestamp\":\"2026-12-01T22:46:12.884913Z\",\"level\":\"INFO\",{},\"target\":\"audit\"}}\n",
+            &obj[1..obj.len() - 1]
+        );
+        assert_eq!(String::from_utf8(line).unwrap(), want);
+    }
+
+    #[test]
+    fn json_strings_escape_as_serde_json_does() {
+        let mut all = String::new();
+        for c in (0u8..0x80)
+            .map(char::from)
+            .chain(['é', '\u{2028}', '\u{10ffff}'])
+        {
+            all.push(c);
+        }
+        for s in ["", "plain", "\"", "\\", "a\"b\\c\nd\u{7f}", &all] {
+            let mut out = Vec::new();
+            json::str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    /// Text from any chars, ASCII (controls included) weighted up.
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop::collection::vec(
+            prop_oneof![(0u8..0x80).prop_map(char::from), any::<char>()],
+            0..24,
+        )
+        .prop_map(|v| v.into_iter().collect())
+    }
+
+    fn float() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..100_000_000_000).prop_map(|us| us as f64 / 1e3),
+            any::<f64>(),
+        ]
+    }
+
+    proptest::proptest! {
+        /// For any text in its string fields and any floats, the record's JSON is serde_json's.
+        #[test]
+        fn json_is_serde_jsons_for_any_text(
+            request_id in text(),
+            operation in text(),
+            upstream_request_id in proptest::option::of(text()),
+            service in proptest::option::of(text()),
+            api_version in proptest::option::of(text()),
+            latency_ms in float(),
+            upstream_ms in proptest::option::of(float()),
+            request_bytes in proptest::option::of(proptest::prelude::any::<u64>()),
+        ) {
+            let mut r = record(true);
+            r.request_id = request_id.as_str().into();
+            r.operation = operation.as_str().into();
+            r.upstream_request_id = upstream_request_id.as_deref().map(Cow::Borrowed);
+            r.service = service.as_deref();
+            r.api_version = api_version.as_deref().map(Cow::Borrowed);
+            r.latency_ms = latency_ms;
+            r.upstream_ms = upstream_ms;
+            r.request_bytes = request_bytes;
+            let mut out = Vec::new();
+            r.write_json(&mut out);
+            proptest::prop_assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&r).unwrap()
+            );
+        }
+
+        /// The in-place catalog match names what `operations::find` names.
+        #[test]
+        fn catalog_matches_operations_find(
+            service in proptest::sample::select(vec!["virtualserver", "iam", "objectstorage"]),
+            method in proptest::sample::select(vec!["GET", "POST", "DELETE", "PUT", "get"]),
+            segments in proptest::collection::vec(
+                proptest::sample::select(vec!["", "v1", "images", "img-1", "import", "endpoints", "*"]),
+                0..5,
+            ),
+            lead in proptest::prelude::any::<bool>(),
+        ) {
+            let path = format!("{}{}", if lead { "/" } else { "" }, segments.join("/"));
+            let catalog = Catalog::new(service);
+            proptest::prop_assert!(matches!(catalog, Catalog::Ops(_)));
+            proptest::prop_assert_eq!(
+                catalog.find(service, method, &path),
+                operations::find(service, method, &path),
+                "{} {}", method, path
+            );
+        }
+    }
+
+    #[test]
+    fn catalog_names_the_patterns() {
+        let c = Catalog::new("virtualserver");
+        let find = |m, p| c.find("virtualserver", m, p);
+        assert_eq!(find("GET", "/"), Some("GET /"));
+        assert_eq!(find("GET", "/v1/images"), Some("GET /v1/images"));
+        assert_eq!(find("GET", "/v1/images/img-1"), Some("GET /v1/images/*"));
+        assert_eq!(find("GET", "/v1/images/"), None);
+        assert_eq!(
+            find("POST", "/v1/images/img-1/import"),
+            Some("POST /v1/images/*/import")
+        );
+        assert_eq!(find("POST", "/v1/images/img-1/import/x"), None);
+        assert_eq!(find("PUT", "/v1/images/img-1"), None);
     }
 }
