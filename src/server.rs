@@ -23,7 +23,9 @@
 //!   HTTP/2 server, anything else HTTP/1 (no hyper connection exists before the first byte).
 //! - HTTP/1 is served a burst at a time: a fresh hyper connection from a request's first byte
 //!   until no request is in flight after a response, then the socket is taken back (bytes
-//!   hyper read past the response start the next burst), so an idle keep-alive connection
+//!   hyper read past the response start the next burst; up to [`LINGER_MAX`] connections of a
+//!   listener are taken back only once a look every [`LINGER`] finds them quiet, so a busy
+//!   client keeps its hyper connection between requests), so an idle keep-alive connection
 //!   holds no hyper buffers (measured about 1.5 KB each; an idle HTTP/2 connection keeps
 //!   hyper's, about 22 KB). A connection is taken back only once hyper is reading the next
 //!   request's head (see [`ConnState::reading_head`]): after a body read to its end, never
@@ -99,6 +101,16 @@ const FIRST_REQUEST_AFTER_STOP: Duration = Duration::from_secs(1);
 /// How often a connection whose request head was arriving when the listener stopped is
 /// looked at again.
 const STOP_RECHECK: Duration = Duration::from_millis(20);
+/// An HTTP/1 connection that goes quiet after a response stays with hyper until a look, this
+/// often, finds it quiet (one of at most [`LINGER_MAX`] per listener; the others are taken
+/// back at once): a client sending request after request keeps its hyper connection instead
+/// of paying a fresh one per request (about 7k instructions), and a quiet one costs hyper's
+/// buffers (about 20 KB) for at most twice this long.
+const LINGER: Duration = Duration::from_millis(25);
+/// At most this many connections of a listener linger at once, which bounds their memory
+/// (about 2.5 MB) and what their buffers, freed later than the state of connections taken
+/// back meanwhile, can leave scattered in the heap.
+const LINGER_MAX: usize = 128;
 /// Connections the kernel completes and queues for the listener (std's default is 128): at
 /// the connection cap they wait there; past it, the kernel drops their SYNs and the clients
 /// retry after a second or more.
@@ -861,6 +873,10 @@ struct Builders {
     idle: Duration,
     header_read_timeout: Duration,
     protocols: Protocols,
+    /// HTTP/1 connections kept with hyper after going quiet ([`LINGER`]).
+    lingering: AtomicUsize,
+    /// Lingering connections taken back since the last trim ([`Trim`]).
+    lingered: AtomicUsize,
 }
 
 impl Builders {
@@ -879,6 +895,8 @@ impl Builders {
             idle: cfg.idle_timeout,
             header_read_timeout: cfg.header_read_timeout,
             protocols,
+            lingering: AtomicUsize::new(0),
+            lingered: AtomicUsize::new(0),
         }
     }
 }
@@ -937,7 +955,7 @@ where
         .max_connections
         .unwrap_or_else(|| fd_budget(raise_fd_limit()).max_connections);
     let permits = Arc::new(Semaphore::new(cap));
-    let trim = Trim::new(cap, permits.clone());
+    let trim = Trim::new(cap, permits.clone(), builders.clone());
     let _trimmer = AbortOnDrop(tokio::spawn(trim.clone().run()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (grace_tx, grace_rx) = watch::channel(false);
@@ -1062,15 +1080,26 @@ struct Trim {
     permits: Arc<Semaphore>,
     /// The most connections open since the last trim.
     peak: Arc<AtomicUsize>,
+    /// Its lingering connections: their buffers, freed after the state of connections taken
+    /// back meanwhile, leave holes that a burst of them going quiet is trimmed for too.
+    builders: Arc<Builders>,
 }
 
 impl Trim {
-    fn new(cap: usize, permits: Arc<Semaphore>) -> Self {
+    fn new(cap: usize, permits: Arc<Semaphore>, builders: Arc<Builders>) -> Self {
         Self {
             cap,
             permits,
             peak: Arc::default(),
+            builders,
         }
+    }
+    /// At least [`TRIM_AFTER_CLOSED`] connections lingered since the last trim, and none
+    /// lingers now.
+    fn lingered_then_quiet(&self) -> bool {
+        let b = &self.builders;
+        b.lingering.load(Ordering::Acquire) == 0
+            && b.lingered.load(Ordering::Relaxed) >= TRIM_AFTER_CLOSED
     }
     fn open(&self) -> usize {
         self.cap.saturating_sub(self.permits.available_permits())
@@ -1085,10 +1114,12 @@ impl Trim {
         loop {
             tick.tick().await;
             let open = self.open();
-            if !due.check(self.peak.load(Ordering::Relaxed), open, Instant::now()) {
+            let closed = due.check(self.peak.load(Ordering::Relaxed), open, Instant::now());
+            if !closed && !self.lingered_then_quiet() {
                 continue;
             }
             self.peak.store(open, Ordering::Relaxed);
+            self.builders.lingered.store(0, Ordering::Relaxed);
             // It walks every arena under its lock: off the runtime's threads.
             let _ = tokio::task::spawn_blocking(release_free_memory).await;
         }
@@ -1359,11 +1390,13 @@ enum Burst<S> {
 /// and the socket, the service and any bytes read past the response are handed back.
 /// `None`: the connection is over (closed by either side, an error, a timeout).
 ///
-/// Taken back at once: a fresh connection per request costs about 7,000 instructions
-/// (callgrind, GET back to back: 101.5-102.3k vs 94.8k kept; 10,000 when the next head's
-/// first read was 16 bytes, see [`next_request_bytes`]). Waiting 10 or 100 ms before taking
-/// it back fragments glibc's heap (the small per-connection state lands between buffers
-/// still in use): 6.2 / 20 KB per idle connection instead of 1.5.
+/// When: a fresh connection per request costs about 7,000 instructions (callgrind, GET back
+/// to back: 84.5-89.5k taken back at once, 78.3k lingering), so up to [`LINGER_MAX`]
+/// connections linger ([`drive`]). Letting every connection wait 10 or 100 ms before being
+/// taken back fragmented glibc's heap (the small per-connection state lands between buffers
+/// still in use): 6.2 / 20 KB per idle connection instead of 1.5; with the cap, and a trim
+/// once a burst of lingering connections has gone quiet ([`Trim`]), 1.8 KB (idle-rss.py,
+/// 5,000 connections).
 async fn h1_burst<S: HttpService>(
     builders: &Builders,
     stream: &Arc<Stream>,
@@ -1492,6 +1525,28 @@ enum Due {
     StopRecheck,
     /// A graceful close was asked for: drop the connection if it has not finished.
     Hard,
+    /// HTTP/1, lingering ([`LINGER`]): take the connection back if it is quiet.
+    Linger,
+}
+
+/// A place among the [`LINGER_MAX`] lingering connections of a listener, given back on drop.
+struct LingerSlot<'a>(&'a AtomicUsize);
+
+impl<'a> LingerSlot<'a> {
+    fn take(count: &'a AtomicUsize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < LINGER_MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for LingerSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Runs one hyper connection to its end: closed gracefully when idle, when the listener
@@ -1516,6 +1571,14 @@ async fn drive<C: Graceful + ?Sized>(
     let mut closing = false;
     let mut handing_back = false;
     let mut stop_seen = false;
+    let mut linger: Option<LingerSlot<'_>> = None;
+    // Quiet after a response, and hyper reading the next head: the connection can be taken
+    // back (see [`ConnState::reading_head`]).
+    let quiet = || {
+        !state.busy()
+            && state.responses.load(Ordering::Relaxed) > served_before
+            && state.reading_head.load(Ordering::Relaxed)
+    };
     let timer = tokio::time::sleep_until((state.last_io() + idle).into());
     tokio::pin!(timer);
     let mut due = Due::Idle;
@@ -1551,13 +1614,20 @@ async fn drive<C: Graceful + ?Sized>(
                 if wanted & events & QUIET != 0 {
                     // Cleared before looking, so a request ending after the look wakes again.
                     state.events.fetch_and(!QUIET, Ordering::AcqRel);
-                    if !state.busy()
-                        && state.responses.load(Ordering::Relaxed) > served_before
-                        && state.reading_head.load(Ordering::Relaxed)
-                    {
-                        handing_back = true;
-                        // Bounds a client that does not read the rest of the response.
-                        close = Some(idle);
+                    if linger.is_none() && quiet() {
+                        linger = if idle > LINGER {
+                            LingerSlot::take(&builders.lingering)
+                        } else {
+                            None
+                        };
+                        if linger.is_some() {
+                            due = Due::Linger;
+                            timer.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                        } else {
+                            handing_back = true;
+                            // Bounds a client that does not read the rest of the response.
+                            close = Some(idle);
+                        }
                     }
                 }
                 if wanted & events & DRAINING != 0 {
@@ -1595,6 +1665,13 @@ async fn drive<C: Graceful + ?Sized>(
                         return (Ok(()), false);
                     }
                     Due::Hard => timer.as_mut().reset((now + CLOSE_LIMIT).into()),
+                    Due::Linger if quiet() => {
+                        linger = None;
+                        builders.lingered.fetch_add(1, Ordering::Relaxed);
+                        handing_back = true;
+                        close = Some(idle);
+                    }
+                    Due::Linger => timer.as_mut().reset((now + LINGER).into()),
                 }
             }
         }
@@ -1654,6 +1731,19 @@ mod tests {
         assert_eq!((small.reserved, small.max_connections), (16, 24));
         assert_eq!(fd_budget(1 << 20).reserved, 256);
         assert_eq!(fd_budget(0).max_connections, 1);
+    }
+
+    #[test]
+    fn at_most_linger_max_connections_linger_and_a_place_is_given_back_on_drop() {
+        let count = AtomicUsize::new(0);
+        let slots: Vec<_> = (0..LINGER_MAX)
+            .map(|_| LingerSlot::take(&count).expect("a place below the cap"))
+            .collect();
+        assert!(LingerSlot::take(&count).is_none());
+        assert_eq!(count.load(Ordering::Relaxed), LINGER_MAX);
+        drop(slots);
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+        assert!(LingerSlot::take(&count).is_some());
     }
 
     #[test]
