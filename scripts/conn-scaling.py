@@ -16,6 +16,9 @@ The upstream is nginx answering 202 (`return 202`) on CPU 1; without nginx the s
 
     python3 scripts/conn-scaling.py [BINARY] [--conns 64,256,1024] [--secs 5] [--rounds 1]
         [--set KEY=VALUE ...]        extra lines for [services.virtualserver] (E only)
+        [--also LABEL=BINARY ...]    more builds measured like E in the same run (before/after)
+        [--perf]                     `perf record -g` each measured run; prints the ten
+                                     user-space symbols with the most samples (self)
 
 Bounded: every wait has a deadline, every process it starts is killed by PID, 127.0.0.1 only.
 Needs: wrk, nginx, taskset, and an open-file limit above the largest connection count.
@@ -90,6 +93,16 @@ http {{
     return path
 
 
+def top_user_symbols(data, count=10):
+    """The `count` user-space symbols (perf's `[.]`) with the most self samples in `data`."""
+    out = subprocess.run(
+        ["perf", "report", "-i", data, "--stdio", "--no-children", "-q", "-g", "none",
+         "--sort", "dso,sym", "--percent-limit", "0.1"],
+        capture_output=True, text=True, timeout=120).stdout
+    lines = [" ".join(l.split()) for l in out.splitlines() if "[.]" in l]
+    return lines[:count]
+
+
 def wrk(port, conns, secs):
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "5s",
@@ -110,10 +123,14 @@ def main():
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--also", action="append", default=[])
+    ap.add_argument("--perf", action="store_true")
     args = ap.parse_args()
+    also = [a.split("=", 1) for a in args.also]
+    assert all(len(a) == 2 and a[0] not in ("E", "B") for a in also), "--also LABEL=BINARY"
     conns = [int(c) for c in args.conns.split(",")]
     assert all(0 < c <= 10000 for c in conns) and 0 < args.secs <= 60 and 0 < args.rounds <= 5
-    for tool in ("wrk", "nginx", "taskset"):
+    for tool in ("wrk", "nginx", "taskset") + (("perf",) if args.perf else ()):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -146,18 +163,23 @@ def main():
         env = proxy_env()
         extra = "\n".join(args.set)
 
-        def start_e():
-            port, admin = free_port(), free_port()
-            config = write_target_e_config(work, port, admin, f"http://127.0.0.1:{up_port}", extra)
-            return start([os.path.abspath(args.binary), "--config", config], "E", env), port
+        def e_starter(label, binary):
+            def start_e():
+                port, admin = free_port(), free_port()
+                config = write_target_e_config(work, port, admin, f"http://127.0.0.1:{up_port}", extra)
+                return start([os.path.abspath(binary), "--config", config], label, env), port
+            return start_e
 
         def start_b():
             port = free_port()
             pool = f"    upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; keepalive_requests 1000000; }}"
             return start(["nginx", "-p", work, "-c", nginx_conf(work, "B", port, pool)], "B"), port
 
-        targets = [("E", start_e)] + [("B", start_b)]
+        targets = [("E", e_starter("E", args.binary))]
+        targets += [(label, e_starter(label, binary)) for label, binary in also]
+        targets += [("B", start_b)]
         rows = {}
+        profiles = []
         print(f"{'target':6} {'conns':>5} {'req/s':>8} {'CPU/req':>8} {'VmHWM':>9} {'errors':>6}")
         for rnd in range(args.rounds):
             for n in conns:
@@ -165,11 +187,23 @@ def main():
                     proc, port = starter()
                     wait_port(port, proc)
                     wrk(port, n, 2)  # warm-up: pools, buffers, page faults
+                    perf = None
+                    if args.perf:
+                        data = os.path.join(work, f"{name}-{n}-{rnd}.perf")
+                        perf = subprocess.Popen(
+                            ["perf", "record", "-q", "-F", "999", "-g", "-o", data,
+                             "-p", str(proc.pid), "--", "sleep", str(args.secs)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        procs.append(perf)
                     cpu0 = cpu_seconds(proc.pid)
                     t0 = time.time()
                     count, bad, sock = wrk(port, n, args.secs)
                     elapsed = time.time() - t0
                     cpu = cpu_seconds(proc.pid) - cpu0
+                    if perf:
+                        perf.wait(timeout=60)
+                        procs.remove(perf)
+                        profiles.append((name, n, top_user_symbols(data)))
                     hwm = status_kib(proc.pid, "VmHWM")
                     stop(proc)
                     row = (count / elapsed, cpu / count * 1e6, hwm)
@@ -179,12 +213,19 @@ def main():
         print("\nmedians over rounds; E/B ratios")
         print(f"{'conns':>5} {'E CPU/req':>10} {'B CPU/req':>10} {'E/B':>5} {'E VmHWM':>9} {'B VmHWM':>9} {'E/B':>5}")
         med = lambda xs: sorted(xs)[len(xs) // 2]
-        for n in conns:
-            e, b = rows[("E", n)], rows[("B", n)]
-            ec, bc = med([r[1] for r in e]), med([r[1] for r in b])
-            eh, bh = med([r[2] for r in e]), med([r[2] for r in b])
-            print(f"{n:5d} {ec:8.1f}µs {bc:8.1f}µs {ec / bc:5.2f} {eh / 1024:7.1f}MiB "
-                  f"{bh / 1024:7.1f}MiB {eh / bh:5.2f}")
+        for label in ["E"] + [label for label, _ in also]:
+            if also:
+                print(label)
+            for n in conns:
+                e, b = rows[(label, n)], rows[("B", n)]
+                ec, bc = med([r[1] for r in e]), med([r[1] for r in b])
+                eh, bh = med([r[2] for r in e]), med([r[2] for r in b])
+                print(f"{n:5d} {ec:8.1f}µs {bc:8.1f}µs {ec / bc:5.2f} {eh / 1024:7.1f}MiB "
+                      f"{bh / 1024:7.1f}MiB {eh / bh:5.2f}")
+        for name, n, top in profiles:
+            print(f"\nperf, {name} at {n} connections: the ten user-space symbols with the most samples (self)")
+            for line in top:
+                print("  " + line)
     finally:
         for p in list(procs):
             p.kill()
