@@ -242,9 +242,13 @@ pub async fn start_with_egress(
         key: "server.listen",
         source,
     };
-    let listener = server::Listener::bind(&config.server.listen, config.server.socket_mode)
-        .await
-        .map_err(listen_err)?;
+    let listener = server::Listener::bind(
+        &config.server.listen,
+        config.server.socket_mode,
+        config.server.reuse_port,
+    )
+    .await
+    .map_err(listen_err)?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
     let listen = listener.local_addr().map_err(listen_err)?;
     // The endpoint catalog points clients at the address bound, not the one configured.

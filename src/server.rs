@@ -184,8 +184,13 @@ impl From<TcpListener> for Listener {
 impl Listener {
     /// Binds `addr`. A Unix socket is created with no permission for anyone but the owner and
     /// then given `mode` (default 0600), so no other user can connect in between; a stale
-    /// socket file left by a previous run is replaced, any other file is an error.
-    pub async fn bind(addr: &ListenAddr, mode: Option<u32>) -> io::Result<Listener> {
+    /// socket file left by a previous run is replaced, any other file is an error. A TCP
+    /// socket gets SO_REUSEPORT with `reuse_port` (`server.reuse_port`).
+    pub async fn bind(
+        addr: &ListenAddr,
+        mode: Option<u32>,
+        reuse_port: bool,
+    ) -> io::Result<Listener> {
         match addr {
             ListenAddr::Tcp(a) => {
                 let socket = if a.is_ipv4() {
@@ -195,6 +200,9 @@ impl Listener {
                 };
                 // As std's bind does: a restarted proxy can bind while old connections linger.
                 socket.set_reuseaddr(true)?;
+                if reuse_port {
+                    socket.set_reuseport(true)?;
+                }
                 socket.bind(*a)?;
                 Ok(Listener::Tcp(socket.listen(LISTEN_BACKLOG)?))
             }
@@ -1731,6 +1739,21 @@ mod tests {
         assert_eq!((small.reserved, small.max_connections), (16, 24));
         assert_eq!(fd_budget(1 << 20).reserved, 256);
         assert_eq!(fd_budget(0).max_connections, 1);
+    }
+
+    #[tokio::test]
+    async fn reuse_port_lets_a_second_listener_share_the_port_and_only_then() {
+        let any = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
+        let first = Listener::bind(&any, None, true).await.unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = Listener::bind(&addr, None, true).await;
+        assert!(second.is_ok(), "with reuse_port on both: {second:?}");
+        let without = Listener::bind(&addr, None, false).await;
+        assert_eq!(
+            without.unwrap_err().kind(),
+            io::ErrorKind::AddrInUse,
+            "a listener without reuse_port must not share the port"
+        );
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct ServerConfig {
     /// file-descriptor limit (raised to its hard limit at start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// TCP `listen` only: set SO_REUSEPORT, so several proxy processes (one per CPU, each
+    /// then on a single-threaded runtime) can listen on the same port and the kernel spreads
+    /// connections between them. Each needs its own `admin_listen`.
+    pub reuse_port: bool,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin_listen: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -114,6 +118,7 @@ impl Default for ServerConfig {
             listen: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080))),
             socket_mode: None,
             max_connections: None,
+            reuse_port: false,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             shutdown_grace: Duration::from_secs(25),
             shutdown_delay: Duration::ZERO,
