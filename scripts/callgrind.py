@@ -16,12 +16,21 @@ share varies with how the client's bytes arrive between reads (about +-5% of a G
 HTTP/1 is served per burst), so compare a change inside the stack by its functions, and totals
 over two runs. sha2's `soft::compress` stands in for SHA-NI under valgrind, which lacks it.
 
-    python3 scripts/callgrind.py [BINARY] [N] [OUT_DIR]      (default N: 300, OUT_DIR: temp)
+`--tls`: the upstream speaks HTTPS instead (Python's ssl with the test CA's `localhost`
+certificate in tests/fixtures/tls, trusted through the service's `ca_file`), as SCP does; the
+proxy's connection to it is kept alive, so the handshake falls in the warm-up and the counts are
+the record layer's cost per request (seal, open, buffers) on top of the plain mode's.
+`--response-kib K` pads the upstream's answer to about K KiB (a JSON list, as a real listing is
+larger than 22 bytes), in either mode.
+
+    python3 scripts/callgrind.py [--tls] [--response-kib K] [BINARY] [N] [OUT_DIR]
+                                              (default N: 300, OUT_DIR: temp)
 """
 import http.client
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -30,11 +39,29 @@ import time
 
 from benchkit import free_port, proxy_env, write_target_e_config
 
-BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/scp-auth-proxy"
-N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-OUT = sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="callgrind-")
+
+def _options(argv):
+    """Takes `--tls` and `--response-kib K` out of argv; the rest stays positional."""
+    tls, kib, rest = False, 0, []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--tls":
+            tls = True
+        elif arg == "--response-kib":
+            kib = int(next(it))
+        else:
+            rest.append(arg)
+    return tls, kib, rest
+
+
+TLS, RESPONSE_KIB, _ARGS = _options(sys.argv[1:])
+BIN = _ARGS[0] if len(_ARGS) > 0 else "target/release/scp-auth-proxy"
+N = int(_ARGS[1]) if len(_ARGS) > 1 else 300
+OUT = _ARGS[2] if len(_ARGS) > 2 else tempfile.mkdtemp(prefix="callgrind-")
 WARMUP = 30
-assert 0 < N <= 5000
+assert 0 < N <= 5000 and 0 <= RESPONSE_KIB <= 1024
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tls")
 IMAGE = "70a599e0-31e7-49b7-b260-868f441e862b"
 IMPORT_BODY = (
     b'{"url":"https://object-store.kr-west1.e.samsungsdscloud.com/bench-bucket/bench-image.qcow2"}'
@@ -45,16 +72,36 @@ REQUESTS = {
 }
 
 
-def upstream(listener):
-    """Answers every request on every connection with 202, reading its body (length or chunked)."""
-    answer = (
-        b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n"
-        b'{"status":"accepted"}\n'
-    )
+def answer_bytes(kib=0):
+    """The upstream's 202: `{"status":"accepted"}`, or with `kib` > 0 that padded by a list of
+    items to about `kib` KiB."""
+    body = b'{"status":"accepted"}\n'
+    if kib > 0:
+        item = b'{"id":"%s","name":"bench-image","state":"active"}' % IMAGE.encode()
+        items = b",".join([item] * max(1, kib * 1024 // (len(item) + 1)))
+        body = b'{"status":"accepted","images":[' + items + b"]}\n"
+    head = b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    return head % len(body) + body
+
+
+def tls_context():
+    """The upstream's server side: the test CA's `localhost` certificate, HTTP/1.1 by ALPN."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(FIXTURES, "server.pem"), os.path.join(FIXTURES, "server.key"))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def upstream(listener, tls=None, answer=None):
+    """Answers every request on every connection with 202, reading its body (length or chunked).
+    `tls`: an ssl.SSLContext to serve HTTPS with (the handshake runs in the connection's thread)."""
+    answer = answer or answer_bytes()
 
     def serve(conn):
-        f = conn.makefile("rb")
         try:
+            if tls is not None:
+                conn = tls.wrap_socket(conn, server_side=True)
+            f = conn.makefile("rb")
             while True:
                 head = []
                 line = f.readline()
@@ -73,7 +120,7 @@ def upstream(listener):
                 else:
                     f.read(length)
                 conn.sendall(answer)
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # ssl.SSLError is an OSError
             return
         finally:
             conn.close()
@@ -91,9 +138,18 @@ def main():
     up = socket.socket()
     up.bind(("127.0.0.1", 0))
     up.listen(64)
-    threading.Thread(target=upstream, args=(up,), daemon=True).start()
+    answer = answer_bytes(RESPONSE_KIB)
+    tls = tls_context() if TLS else None
+    threading.Thread(target=upstream, args=(up, tls, answer), daemon=True).start()
     port, admin = free_port(), free_port()
-    config = write_target_e_config(OUT, port, admin, f"http://127.0.0.1:{up.getsockname()[1]}")
+    up_port = up.getsockname()[1]
+    if TLS:
+        ca = os.path.join(FIXTURES, "ca.pem")
+        config = write_target_e_config(OUT, port, admin, f"https://localhost:{up_port}",
+                                       service_extra=f'ca_file = "{ca}"')
+    else:
+        config = write_target_e_config(OUT, port, admin, f"http://127.0.0.1:{up_port}")
+    print(f"upstream: {'https' if TLS else 'http'}, {len(answer)}-byte answer", flush=True)
     env = proxy_env()
     log = open(os.path.join(OUT, "proxy.log"), "wb")
     proxy = subprocess.Popen(
