@@ -105,7 +105,8 @@ const STOP_RECHECK: Duration = Duration::from_millis(20);
 /// often, finds it quiet (one of at most [`LINGER_MAX`] per listener; the others are taken
 /// back at once): a client sending request after request keeps its hyper connection instead
 /// of paying a fresh one per request (about 7k instructions), and a quiet one costs hyper's
-/// buffers (about 20 KB) for at most twice this long.
+/// buffers (about 20 KB) for at most twice this long. hyper's header clock runs meanwhile,
+/// which is safe because `header_read_timeout` is at least 1 s (checked at load).
 const LINGER: Duration = Duration::from_millis(25);
 /// At most this many connections of a listener linger at once, which bounds their memory
 /// (about 2.5 MB) and what their buffers, freed later than the state of connections taken
