@@ -501,19 +501,37 @@ fn latency_f64(out: &mut Vec<u8>, value: f64) -> bool {
     true
 }
 
-/// A JSON string literal.
-fn json_str(out: &mut Vec<u8>, s: &str) {
+/// A JSON string literal, escaped as serde_json escapes: `"` and `\` behind a backslash, the
+/// short escapes for backspace, form feed, newline, carriage return and tab, `\u00xx` for
+/// other control bytes; everything else (DEL and non-ASCII included) as is.
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
-    for b in s.bytes() {
-        match b {
-            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-            0..=0x1f => {
-                let _ = write!(out, "\\u{:04x}", b);
-            }
-            // Multi-byte UTF-8 passes through byte by byte; only ASCII needs escaping.
-            _ => out.push(b),
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + 1;
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            out.extend_from_slice(short);
         }
     }
+    out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
 
