@@ -28,70 +28,13 @@ import os
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchkit import free_port, proxy_env, write_target_e_config
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def wait_port(port, proc, within=20):
-    deadline = time.time() + within
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"a target exited before listening on {port} (see its log)")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listened on 127.0.0.1:{port} within {within} s")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-
-def status_kib(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
-    return int(m.group(1))
-
-
-def nginx_conf(work, name, port, body):
-    path = os.path.join(work, f"{name}.conf")
-    if name == "B":
-        location = ('location / { proxy_pass http://up; proxy_http_version 1.1; '
-                    'proxy_set_header Connection ""; }')
-    else:
-        location = "location / { return 202 '{\"status\":\"accepted\"}\\n'; }"
-    with open(path, "w") as f:
-        f.write(f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {work}/{name}.pid;
-error_log {work}/{name}.error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {work}/{name}-body;
-    proxy_temp_path {work}/{name}-proxy;
-    fastcgi_temp_path {work}/{name}-fcgi;
-    uwsgi_temp_path {work}/{name}-uwsgi;
-    scgi_temp_path {work}/{name}-scgi;
-{body}
-    server {{ listen 127.0.0.1:{port} backlog=4096; {location} }}
-}}
-""")
-    return path
-
+from benchkit import cpu_seconds, free_port, nginx_conf, proxy_env, status_kib, wait_port
+from benchkit import write_target_e_config
 
 def top_user_symbols(data, count=10):
     """The `count` user-space symbols (perf's `[.]`) with the most self samples in `data`."""
@@ -158,7 +101,7 @@ def main():
     try:
         up_port = free_port()
         upstream = start(["nginx", "-p", work, "-c", nginx_conf(work, "U", up_port, "")], "upstream")
-        wait_port(up_port, upstream)
+        wait_port(up_port, [upstream])
 
         env = proxy_env()
         extra = "\n".join(args.set)
@@ -185,7 +128,7 @@ def main():
             for n in conns:
                 for name, starter in targets:
                     proc, port = starter()
-                    wait_port(port, proc)
+                    wait_port(port, [proc])
                     wrk(port, n, 2)  # warm-up: pools, buffers, page faults
                     perf = None
                     if args.perf:

@@ -20,35 +20,13 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchkit import free_port, proxy_env, write_target_e_config
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def wait_port(port, procs, within=20):
-    deadline = time.time() + within
-    while time.time() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise SystemExit(f"a process exited before 127.0.0.1:{port} listened (see its log)")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listened on 127.0.0.1:{port} within {within} s")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
+from benchkit import cpu_seconds, free_port, nginx_conf, proxy_env, wait_port
+from benchkit import write_target_e_config
 
 def switches(pid):
     """Voluntary + involuntary context switches of every thread of `pid`."""
@@ -103,26 +81,8 @@ def main():
 
     try:
         up_port = free_port()
-        with open(os.path.join(work, "upstream.conf"), "w") as f:
-            f.write(f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {work}/upstream.pid;
-error_log {work}/upstream.error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    server {{ listen 127.0.0.1:{up_port} backlog=4096; location / {{ return 202 '{{"status":"accepted"}}\\n'; }} }}
-}}
-""")
         upstream = start(["taskset", "-c", cpu_list, "nginx", "-p", work, "-c",
-                          os.path.join(work, "upstream.conf")], "upstream")
+                          nginx_conf(work, "U", up_port, "")], "upstream")
         wait_port(up_port, [upstream])
         binary = os.path.abspath(args.binary)
 
