@@ -264,93 +264,6 @@ impl Sink {
     }
 }
 
-/// The built-in catalog's operations for one target, read once so that naming a request's
-/// operation matches segments in place (the catalog's own matcher collects the path's
-/// segments into a `Vec` per pattern).
-#[derive(Debug)]
-enum Catalog {
-    /// In [`operations::find`]'s order.
-    Ops(Vec<CatalogOp>),
-    /// A pattern this matcher does not read (`**`): ask [`operations::find`].
-    Find,
-}
-
-/// `METHOD /a/*/b`: each segment a literal or (`None`) `*`, one non-empty segment.
-#[derive(Debug)]
-struct CatalogOp {
-    method: &'static str,
-    segments: Vec<Option<&'static str>>,
-    text: &'static str,
-}
-
-impl Catalog {
-    fn new(service: &str) -> Self {
-        let mut ops = Vec::new();
-        for text in operations::list(service) {
-            // The text `operations::find` returns is the parsed rule's.
-            let same = crate::policy::allowlist::Rule::parse(text).is_ok_and(|r| r.text == text);
-            let Some((method, pattern)) = text.split_once(' ').filter(|_| same) else {
-                return Catalog::Find;
-            };
-            let mut segments = Vec::new();
-            for seg in pattern.strip_prefix('/').unwrap_or(pattern).split('/') {
-                segments.push(match seg {
-                    "*" => None,
-                    "**" => return Catalog::Find,
-                    s => Some(s),
-                });
-            }
-            ops.push(CatalogOp {
-                method,
-                segments,
-                text,
-            });
-        }
-        Catalog::Ops(ops)
-    }
-
-    /// [`operations::find`] for this target's service.
-    fn find(&self, service: &str, method: &str, path: &str) -> Option<&'static str> {
-        let ops = match self {
-            Catalog::Ops(ops) => ops,
-            Catalog::Find => return operations::find(service, method, path),
-        };
-        let path = path.strip_prefix('/').unwrap_or(path).as_bytes();
-        ops.iter()
-            .find(|op| op.method == method && op.matches(path))
-            .map(|op| op.text)
-    }
-}
-
-impl CatalogOp {
-    /// Whether `path` (without its leading `/`) has this pattern's segments: walked in place,
-    /// a literal compared where it stands, a `*` up to the next `/`.
-    fn matches(&self, path: &[u8]) -> bool {
-        let mut rest = path;
-        for (i, want) in self.segments.iter().enumerate() {
-            if i > 0 {
-                match rest.split_first() {
-                    Some((b'/', tail)) => rest = tail,
-                    _ => return false,
-                }
-            }
-            let len = match want {
-                Some(lit) if rest.starts_with(lit.as_bytes()) => lit.len(),
-                Some(_) => return false,
-                None => match rest.iter().position(|&b| b == b'/').unwrap_or(rest.len()) {
-                    0 => return false,
-                    n => n,
-                },
-            };
-            rest = &rest[len..];
-            if rest.first().is_some_and(|&b| b != b'/') {
-                return false;
-            }
-        }
-        rest.is_empty()
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct AuditLayer(Arc<Shared>);
 
@@ -366,7 +279,6 @@ struct Shared {
 /// What the record takes from a target, read once.
 #[derive(Debug)]
 struct PerTarget {
-    catalog: Catalog,
     /// The `Scp-Api-Version` it sends, as text.
     api_version: String,
 }
@@ -377,7 +289,6 @@ impl AuditLayer {
             .targets()
             .iter()
             .map(|t| PerTarget {
-                catalog: Catalog::new(t.name()),
                 api_version: String::from_utf8_lossy(t.version_header.as_bytes()).into_owned(),
             })
             .collect();
@@ -484,12 +395,7 @@ impl State {
             Some(_) => ("failed", None),
         };
         let forwarded = code.is_none();
-        let operation = operation_ref(
-            served.map(|(t, per)| (t, &per.catalog)),
-            &shared.routes,
-            &self.method,
-            &self.uri,
-        );
+        let operation = operation_ref(target, &shared.routes, &self.method, &self.uri);
         let upstream_request_id = forwarded
             .then(|| {
                 UPSTREAM_ID_HEADERS
@@ -540,21 +446,19 @@ pub(crate) fn operation(
     method: &Method,
     uri: &Uri,
 ) -> String {
-    let served = target.map(|t| (t, &Catalog::Find));
-    operation_ref(served, routes, method, uri).into_owned()
+    operation_ref(target, routes, method, uri).into_owned()
 }
 
-/// [`operation`], borrowing the pattern from the target or the catalog, which `served` holds
-/// with the target.
+/// [`operation`], borrowing the pattern from the target or the catalog.
 fn operation_ref<'a>(
-    served: Option<(&'a Arc<Target>, &Catalog)>,
+    target: Option<&'a Arc<Target>>,
     routes: &Routes<Target>,
     method: &Method,
     uri: &Uri,
 ) -> Cow<'a, str> {
     let method = method.as_str();
     let path = service_path(routes, uri.path());
-    let pattern = served.and_then(|(t, catalog)| {
+    let pattern = target.and_then(|t| {
         let rule = t
             .allowlist
             .as_ref()
@@ -562,7 +466,7 @@ fn operation_ref<'a>(
                 Decision::Allowed(i) => a.list.rules.get(i).map(|r| r.text.as_str()),
                 _ => None,
             });
-        rule.or_else(|| catalog.find(t.name(), method, path))
+        rule.or_else(|| operations::find(t.name(), method, path))
     });
     match pattern {
         Some(p) => Cow::Borrowed(p),
@@ -797,33 +701,11 @@ mod tests {
                 serde_json::to_string(&r).unwrap()
             );
         }
-
-        /// The in-place catalog match names what `operations::find` names.
-        #[test]
-        fn catalog_matches_operations_find(
-            service in proptest::sample::select(vec!["virtualserver", "iam", "objectstorage"]),
-            method in proptest::sample::select(vec!["GET", "POST", "DELETE", "PUT", "get"]),
-            segments in proptest::collection::vec(
-                proptest::sample::select(vec!["", "v1", "images", "img-1", "import", "endpoints", "*"]),
-                0..5,
-            ),
-            lead in proptest::prelude::any::<bool>(),
-        ) {
-            let path = format!("{}{}", if lead { "/" } else { "" }, segments.join("/"));
-            let catalog = Catalog::new(service);
-            proptest::prop_assert!(matches!(catalog, Catalog::Ops(_)));
-            proptest::prop_assert_eq!(
-                catalog.find(service, method, &path),
-                operations::find(service, method, &path),
-                "{} {}", method, path
-            );
-        }
     }
 
     #[test]
     fn catalog_names_the_patterns() {
-        let c = Catalog::new("virtualserver");
-        let find = |m, p| c.find("virtualserver", m, p);
+        let find = |m, p| operations::find("virtualserver", m, p);
         assert_eq!(find("GET", "/"), Some("GET /"));
         assert_eq!(find("GET", "/v1/images"), Some("GET /v1/images"));
         assert_eq!(find("GET", "/v1/images/img-1"), Some("GET /v1/images/*"));
