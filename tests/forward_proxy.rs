@@ -904,7 +904,8 @@ async fn a_connection_carries_on_from_plain_requests_to_a_tunnel() {
 }
 
 /// Issue 13.1 on the forward listener: a keep-alive connection idle after a request holds
-/// no hyper buffers (about 11 KB each with hyper's connection kept, 1.6-1.7 KB now).
+/// no hyper buffers (about 11 KB each with hyper's connection kept, about 3 KB now, read once
+/// the trim after the lingering connections went quiet has run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_forward_connections_hold_no_hyper_buffers() {
     const N: usize = 300;
