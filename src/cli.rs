@@ -44,7 +44,8 @@ Examples:
 Configuration layers, lowest first: built-in defaults < files < environment
 (SCP_PROXY_SERVER__LISTEN=127.0.0.1:8080, `__` between nested keys) < flags.
 The secret comes from SCP_SECRET_KEY or credentials.secret_key_file.
-Log level: RUST_LOG (e.g. RUST_LOG=debug; RUST_LOG=info,access=off silences request lines).";
+Log level: RUST_LOG, level and target=level directives (e.g. RUST_LOG=debug;
+RUST_LOG=info,access=off silences request lines).";
 
 #[derive(Debug, Args, Clone)]
 pub struct ConfigArgs {

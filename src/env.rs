@@ -17,7 +17,7 @@ pub const SECRET_KEY: &str = "SCP_SECRET_KEY";
 /// Prefix of configuration overrides; `__` separates nested keys.
 pub(crate) const CONFIG_PREFIX: &str = "SCP_PROXY_";
 
-/// The log filter variable (tracing's `EnvFilter` syntax).
+/// The log filter variable: `level` and `target=level` directives, comma-separated.
 pub(crate) const LOG_FILTER: &str = "RUST_LOG";
 
 /// `SCP_SECRET_KEY`, when set (even empty: the credentials say that is an error).

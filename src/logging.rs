@@ -546,6 +546,9 @@ pub fn flush() {
 /// Installs the global subscriber (level from `RUST_LOG`, default `info`) and returns the sink
 /// to flush before the process exits.
 pub fn init(format: LogFormat) -> LogSink {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let sink = SINK.get_or_init(LogSink::new).clone();
     let flusher = sink.clone();
     // Bounds how stale the log can be when the proxy is quiet.
@@ -555,27 +558,91 @@ pub fn init(format: LogFormat) -> LogSink {
             std::thread::sleep(Duration::from_millis(100));
             flusher.flush();
         });
-    let filter = crate::env::log_filter()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, refused) = log_filter(crate::env::log_filter().as_deref());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if !ansi || format == LogFormat::Json {
         let _ = ACCESS.set((sink.clone(), format));
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(sink.clone())
         .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+    };
+    if let Some((value, error)) = refused {
+        tracing::warn!(
+            target: "scp_auth_proxy::logging",
+            RUST_LOG = %value,
+            %error,
+            "RUST_LOG is not a list of target=level directives (e.g. info,access=off); logging at info"
+        );
     }
     sink
+}
+
+/// The log filter from `RUST_LOG`: comma-separated `level` or `target=level` directives
+/// (tracing-subscriber's [`Targets`](tracing_subscriber::filter::Targets), a static filter:
+/// no regex engine in the binary, and a callsite's interest is decided once). Unset or empty
+/// is `info`; a value that does not parse is `info` too, returned beside it to be warned about.
+fn log_filter(
+    value: Option<&str>,
+) -> (
+    tracing_subscriber::filter::Targets,
+    Option<(String, tracing_subscriber::filter::ParseError)>,
+) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => (info(), None),
+        Some(v) => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (info(), Some((v.to_owned(), e))),
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_filter_reads_levels_and_targets() {
+        use tracing::Level;
+        use tracing_subscriber::filter::LevelFilter;
+        let (f, refused) = log_filter(None);
+        assert!(refused.is_none());
+        assert_eq!(f.default_level(), Some(LevelFilter::INFO));
+        assert!(f.would_enable("access", &Level::INFO));
+        assert!(!f.would_enable("access", &Level::DEBUG));
+
+        let (f, refused) = log_filter(Some(" "));
+        assert!(refused.is_none());
+        assert_eq!(f.default_level(), Some(LevelFilter::INFO));
+
+        let (f, refused) = log_filter(Some("info,access=off"));
+        assert!(refused.is_none());
+        assert!(!f.would_enable("access", &Level::INFO));
+        assert!(!f.would_enable("access", &Level::ERROR));
+        assert!(f.would_enable("audit", &Level::INFO));
+        assert!(f.would_enable("scp_auth_proxy::server", &Level::INFO));
+
+        // A target covers the modules below it, as EnvFilter's did.
+        let (f, _) = log_filter(Some("warn,scp_auth_proxy=debug"));
+        assert!(f.would_enable("scp_auth_proxy::forward::pool", &Level::DEBUG));
+        assert!(!f.would_enable("hyper::proto", &Level::INFO));
+        assert!(f.would_enable("hyper::proto", &Level::WARN));
+
+        let (f, _) = log_filter(Some("trace"));
+        assert!(f.would_enable("rustls", &Level::TRACE));
+
+        let (f, refused) = log_filter(Some("info,access=loud"));
+        let (value, _) = refused.expect("an unknown level is refused");
+        assert_eq!(value, "info,access=loud");
+        assert_eq!(f.default_level(), Some(LevelFilter::INFO));
+        assert!(f.would_enable("access", &Level::INFO));
+    }
 
     fn line(path: &'static str, id: &'static [u8]) -> AccessLine<'static> {
         AccessLine {

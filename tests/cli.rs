@@ -35,6 +35,27 @@ fn missing_secret_file_exits_1_naming_the_path() {
     }
 }
 
+/// A `RUST_LOG` that does not parse is said so at start, and the proxy logs at `info` as if
+/// it were unset: the start error below still reaches the user.
+#[test]
+fn unparsable_rust_log_is_warned_about_and_info_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-secret");
+    let cfg = config(
+        &dir,
+        base()
+            .credentials("access_key = \"ak\"")
+            .secret_file(&missing),
+    );
+    let (code, out) = run(&["--config", &cfg], &[("RUST_LOG", "info,access=loud")]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("RUST_LOG is not a list"), "{out}");
+    assert!(out.contains("info,access=loud"), "{out}");
+    assert!(out.contains(&missing.display().to_string()), "{out}");
+    let (_, out) = run(&["--config", &cfg], &[("RUST_LOG", "info,access=off")]);
+    assert!(!out.contains("RUST_LOG"), "{out}");
+}
+
 #[test]
 fn missing_access_key_and_empty_secret_exit_1_naming_the_source() {
     let dir = tempfile::tempdir().unwrap();
