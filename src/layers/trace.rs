@@ -21,7 +21,7 @@ use tower::{Layer, Service};
 
 use crate::error::{ErrorCode, ServedBy};
 use crate::forward::UpstreamLatency;
-use crate::metrics::{method_label, CodeLabel, LatencyLabel, Metrics, RequestLabels};
+use crate::metrics::{CodeLabel, Metrics};
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -186,13 +186,6 @@ where
         let status = resp.status();
         let service = resp.extensions().get::<ServedBy>().map(|s| s.0);
         let latency = resp.extensions().get::<UpstreamLatency>().map(|l| l.0);
-        if let (Some(service), Some(lat)) = (service, latency) {
-            state
-                .metrics
-                .upstream_latency
-                .get_or_create(&LatencyLabel { service })
-                .observe(lat.as_secs_f64());
-        }
         if let Some(code) = resp.extensions().get::<ErrorCode>() {
             state
                 .metrics
@@ -200,16 +193,14 @@ where
                 .get_or_create(&CodeLabel { code: code.0 })
                 .inc();
         }
-        state
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                service: service.unwrap_or("-"),
-                method: method_label(&state.method),
-                status_class: status_class(status.as_u16()),
-                listener: state.mode.0,
-            })
-            .inc();
+        // Latency only for a routed request (one that reached a service).
+        state.metrics.count_request(
+            service.unwrap_or("-"),
+            &state.method,
+            status.as_u16(),
+            state.mode.0,
+            service.and(latency),
+        );
         if tracing::enabled!(target: "access", tracing::Level::INFO) {
             let error_code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
             let line = crate::logging::AccessLine {
@@ -272,16 +263,6 @@ impl std::fmt::Display for Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let us = self.0.as_micros();
         write!(f, "{}.{:03}", us / 1000, us % 1000)
-    }
-}
-
-fn status_class(s: u16) -> &'static str {
-    match s {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
     }
 }
 
