@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from benchkit import free_port, proxy_env, status_kib, wait_port, write_target_e_config
@@ -182,7 +183,6 @@ def main():
     work = args.keep or tempfile.mkdtemp(prefix="inflight-heap-")
     os.makedirs(work, exist_ok=True)
     LOOP = asyncio.new_event_loop()
-    import threading
     thread = threading.Thread(target=LOOP.run_forever, daemon=True)
     thread.start()
     try:

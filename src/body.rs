@@ -358,24 +358,32 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_stalled_download_fails_after_its_limit_and_not_before() {
+    /// A download body fed by hand (see [`channel`]) that fails after `secs` without a frame.
+    fn download(secs: u64) -> (tokio::sync::mpsc::Sender<TestFrame>, StallLimited<TestBody>) {
         let (tx, inner) = channel();
         let limit = DownloadLimit {
-            limit: Duration::from_secs(5),
+            limit: Duration::from_secs(secs),
             service: "svc".into(),
         };
-        let mut body = std::pin::pin!(StallLimited::new(inner, Some(limit)));
-        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"a"))))
+        (tx, StallLimited::new(inner, Some(limit)))
+    }
+
+    async fn send(tx: &tokio::sync::mpsc::Sender<TestFrame>, data: &'static [u8]) {
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(data))))
             .await
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_download_fails_after_its_limit_and_not_before() {
+        let (tx, body) = download(5);
+        let mut body = std::pin::pin!(body);
+        send(&tx, b"a").await;
         assert!(body.frame().await.unwrap().is_ok());
         let started = tokio::time::Instant::now();
         // Progress within the limit keeps it alive.
         tokio::time::sleep(Duration::from_secs(4)).await;
-        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"b"))))
-            .await
-            .unwrap();
+        send(&tx, b"b").await;
         assert!(body.frame().await.unwrap().is_ok());
         let err = body.frame().await.unwrap().unwrap_err();
         let stalled = BodyStalled::find(&*err).unwrap();
@@ -389,21 +397,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_does_not_count_as_a_stall() {
-        let (tx, inner) = channel();
-        let limit = DownloadLimit {
-            limit: Duration::from_secs(1),
-            service: "svc".into(),
-        };
-        let mut body = std::pin::pin!(StallLimited::new(inner, Some(limit)));
-        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"a"))))
-            .await
-            .unwrap();
+        let (tx, body) = download(1);
+        let mut body = std::pin::pin!(body);
+        send(&tx, b"a").await;
         assert!(body.frame().await.unwrap().is_ok());
         // The reader is away for longer than the limit; the body was never waited on.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"b"))))
-            .await
-            .unwrap();
+        send(&tx, b"b").await;
         assert!(body.frame().await.unwrap().is_ok());
         drop(tx);
         assert!(body.frame().await.is_none());
@@ -415,9 +415,7 @@ mod tests {
         let (body, ended) = NoTrailers::limited(inner, Duration::from_secs(2), "svc");
         let mut body = std::pin::pin!(body);
         let ended = tokio::spawn(ended.wait());
-        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"a"))))
-            .await
-            .unwrap();
+        send(&tx, b"a").await;
         assert!(body.frame().await.unwrap().is_ok());
         tokio::task::yield_now().await;
         assert!(!ended.is_finished());
@@ -439,15 +437,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_clock_makes_its_timer_only_when_the_body_first_waits() {
-        let (tx, inner) = channel();
-        let limit = DownloadLimit {
-            limit: Duration::from_secs(3),
-            service: "svc".into(),
-        };
-        let mut body = std::pin::pin!(StallLimited::new(inner, Some(limit)));
-        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"a"))))
-            .await
-            .unwrap();
+        let (tx, body) = download(3);
+        let mut body = std::pin::pin!(body);
+        send(&tx, b"a").await;
         assert!(body.frame().await.unwrap().is_ok());
         let timer = |body: &StallLimited<TestBody>| body.clock.as_ref().unwrap().sleep.is_some();
         assert!(!timer(&body), "a frame that was ready needs no timer");
@@ -456,9 +448,7 @@ mod tests {
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         assert!(body.as_mut().poll_frame(&mut cx).is_pending());
         assert!(timer(&body));
-        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"b"))))
-            .await
-            .unwrap();
+        send(&tx, b"b").await;
         assert!(body.frame().await.unwrap().is_ok());
         // Re-armed from the next wait: the limit counts from there, not from the first.
         tokio::time::sleep(Duration::from_secs(2)).await;
