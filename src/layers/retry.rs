@@ -14,6 +14,7 @@
 //! `scp_auth_proxy_retries_total{service, outcome}`.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -93,8 +94,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    /// No box unless the request may be retried.
-    type Future = futures_util::future::Either<S::Future, Retrying>;
+    type Future = RetryFuture<S::Future, Again<S, B>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -106,13 +106,19 @@ where
         policy.budget.deposit();
         let req = routed.request();
         if !policy.may_retry(req.method(), req.uri().path()) {
-            return futures_util::future::Either::Left(self.inner.call(routed));
+            return RetryFuture::Once {
+                call: self.inner.call(routed),
+            };
         }
         // Only a body that can be sent again: empty, or bytes a layer already holds.
         let replay = match req.body() {
             Either::Right(full) => full.clone(),
             Either::Left(b) if b.is_end_stream() => Full::new(Bytes::new()),
-            Either::Left(_) => return futures_util::future::Either::Left(self.inner.call(routed)),
+            Either::Left(_) => {
+                return RetryFuture::Once {
+                    call: self.inner.call(routed),
+                }
+            }
         };
         let mut template = Request::new(());
         *template.method_mut() = req.method().clone();
@@ -120,90 +126,184 @@ where
         *template.version_mut() = req.version();
         *template.headers_mut() = req.headers().clone();
         *template.extensions_mut() = req.extensions().clone();
+        let deadline = Instant::now() + target.config.timeout;
         // The target without the client's body: each retried attempt gets a fresh copy of the
         // request; the first one is the request itself (one copy of the headers, not two).
         let shell = routed.with_request(Request::new(()));
         let first = routed.map_request(|r| r.map(|_| ReqBody::<B>::Right(replay.clone())));
-        // The clone that was made ready is the one to call (tower's convention).
+        // The clone that was made ready is the one to call (tower's convention); the first
+        // attempt goes to it, and retries to the same service, made ready again.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let metrics = self.metrics.clone();
-        futures_util::future::Either::Right(Box::pin(async move {
-            let policy = &shell.target().retry;
-            let service = shell.target().label;
-            let timeout = shell.target().config.timeout;
-            let deadline = Instant::now() + timeout;
-            let count = |outcome: &'static str| {
-                metrics
-                    .retries
-                    .get_or_create(&RetryLabels { service, outcome })
-                    .inc();
-            };
-            let again = |t: &Request<()>| {
-                let mut r = Request::new(ReqBody::<B>::Right(replay.clone()));
-                *r.method_mut() = t.method().clone();
-                *r.uri_mut() = t.uri().clone();
-                *r.version_mut() = t.version();
-                *r.headers_mut() = t.headers().clone();
-                *r.extensions_mut() = t.extensions().clone();
-                shell.with_request(r)
-            };
-            let mut next = first;
-            let mut attempt = 1;
-            loop {
-                let call = inner.ready().await?.call(next);
-                let result = if attempt == 1 {
-                    call.await
-                } else {
-                    // A retried attempt must not run past the request's deadline.
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, call).await {
-                        Ok(r) => r,
-                        Err(_) => Err(UpstreamError::Timeout {
-                            service: service.to_owned(),
-                            upstream: shell.target().config.upstream.base.clone(),
-                            timeout,
-                        }
-                        .into()),
+        let call = inner.call(first);
+        RetryFuture::First {
+            call,
+            again: Some(Again {
+                inner,
+                template,
+                shell,
+                replay,
+                deadline,
+                metrics: self.metrics.clone(),
+                body: PhantomData,
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The first attempt inline (no box: most attempts succeed); only a retryable failure
+    /// moves what a retry needs into the boxed retry loop.
+    #[project = RetryProj]
+    pub enum RetryFuture<F, A> {
+        /// Not retryable: the inner future as it is.
+        Once { #[pin] call: F },
+        /// The first attempt of a retryable request; `again` is taken when it fails.
+        First { #[pin] call: F, again: Option<A> },
+        /// After a retryable failure.
+        Retrying { retrying: Retrying },
+    }
+}
+
+impl<F, A> Future for RetryFuture<F, A>
+where
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
+    A: Resume,
+{
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let retrying = match self.as_mut().project() {
+                RetryProj::Once { call } => return call.poll(cx),
+                RetryProj::First { call, again } => {
+                    let result = std::task::ready!(call.poll(cx));
+                    if retryable(&result).is_none() {
+                        return Poll::Ready(result);
                     }
-                };
-                let Some(reason) = retryable(&result) else {
-                    if attempt > 1 {
-                        count("recovered");
+                    match again.take() {
+                        Some(again) => again.resume(result),
+                        None => return Poll::Ready(result),
                     }
-                    return result;
-                };
-                if attempt >= policy.max_attempts {
-                    count("exhausted");
-                    return result;
                 }
-                let pause = policy.pause(attempt);
-                if Instant::now() + pause >= deadline {
-                    count("deadline");
-                    return result;
+                RetryProj::Retrying { retrying } => return retrying.as_mut().poll(cx),
+            };
+            self.set(RetryFuture::Retrying { retrying });
+        }
+    }
+}
+
+/// What a retry needs, kept beside the first attempt.
+pub struct Again<S, B> {
+    inner: S,
+    /// The request as the client sent it, without its body.
+    template: Request<()>,
+    shell: RoutedRequest<()>,
+    replay: Full<Bytes>,
+    /// The service's `timeout` from the first attempt.
+    deadline: Instant,
+    metrics: Metrics,
+    /// The client's body type, which retried attempts are built with.
+    body: PhantomData<fn() -> B>,
+}
+
+/// Turns the first attempt's retryable failure into the retry loop.
+pub trait Resume {
+    fn resume(self, first: Result<Response<Body>, ProxyError>) -> Retrying;
+}
+
+impl<S, B> Resume for Again<S, B>
+where
+    S: Service<RoutedRequest<ReqBody<B>>, Response = Response<Body>, Error = ProxyError>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+{
+    fn resume(self, first: Result<Response<Body>, ProxyError>) -> Retrying {
+        Box::pin(self.retry(first))
+    }
+}
+
+impl<S, B> Again<S, B>
+where
+    S: Service<RoutedRequest<ReqBody<B>>, Response = Response<Body>, Error = ProxyError>,
+    B: http_body::Body,
+{
+    /// Attempts after the first (whose `result` failed) until one is not retryable, or the
+    /// attempts, the deadline or the budget run out.
+    async fn retry(
+        mut self,
+        mut result: Result<Response<Body>, ProxyError>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let target = self.shell.target().clone();
+        let policy = &target.retry;
+        let service = target.label;
+        let timeout = target.config.timeout;
+        let metrics = &self.metrics;
+        let count = |outcome: &'static str| {
+            metrics
+                .retries
+                .get_or_create(&RetryLabels { service, outcome })
+                .inc();
+        };
+        let mut attempt = 1;
+        loop {
+            let Some(reason) = retryable(&result) else {
+                if attempt > 1 {
+                    count("recovered");
                 }
-                if !policy.budget.try_withdraw() {
-                    count("budget");
-                    tracing::debug!(service, reason, "retry budget spent: not retried");
-                    return result;
-                }
-                count("retried");
-                tracing::info!(
-                    service,
-                    method = %template.method(),
-                    path = template.uri().path(),
-                    attempt,
-                    reason,
-                    pause_ms = pause.as_secs_f64() * 1e3,
-                    "upstream attempt failed; retrying with a fresh signature"
-                );
-                // The failed answer's body is dropped unread.
-                drop(result);
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-                next = again(&template);
+                return result;
+            };
+            if attempt >= policy.max_attempts {
+                count("exhausted");
+                return result;
             }
-        }))
+            let pause = policy.pause(attempt);
+            if Instant::now() + pause >= self.deadline {
+                count("deadline");
+                return result;
+            }
+            if !policy.budget.try_withdraw() {
+                count("budget");
+                tracing::debug!(service, reason, "retry budget spent: not retried");
+                return result;
+            }
+            count("retried");
+            tracing::info!(
+                service,
+                method = %self.template.method(),
+                path = self.template.uri().path(),
+                attempt,
+                reason,
+                pause_ms = pause.as_secs_f64() * 1e3,
+                "upstream attempt failed; retrying with a fresh signature"
+            );
+            // The failed answer's body is dropped unread.
+            drop(result);
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+            let t = &self.template;
+            let mut r = Request::new(ReqBody::<B>::Right(self.replay.clone()));
+            *r.method_mut() = t.method().clone();
+            *r.uri_mut() = t.uri().clone();
+            *r.version_mut() = t.version();
+            *r.headers_mut() = t.headers().clone();
+            *r.extensions_mut() = t.extensions().clone();
+            let next = self.shell.with_request(r);
+            let call = self.inner.ready().await?.call(next);
+            // A retried attempt must not run past the request's deadline.
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            result = match tokio::time::timeout(left, call).await {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Timeout {
+                    service: service.to_owned(),
+                    upstream: target.config.upstream.base.clone(),
+                    timeout,
+                }
+                .into()),
+            };
+        }
     }
 }
 
