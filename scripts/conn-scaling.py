@@ -18,7 +18,10 @@ The upstream is nginx answering 202 (`return 202`) on CPU 1; without nginx the s
         [--set KEY=VALUE ...]        extra lines for [services.virtualserver] (E only)
         [--also LABEL=BINARY ...]    more builds measured like E in the same run (before/after)
         [--perf]                     `perf record -g` each measured run; prints the ten
-                                     user-space symbols with the most samples (self)
+                                     user-space symbols with the most samples (self), the
+                                     ten kernel ones, and the samples' split by object
+                                     (kernel, the binary, libc), so CPU per request divides
+                                     into time in the kernel and in user space
 
 Bounded: every wait has a deadline, every process it starts is killed by PID, 127.0.0.1 only.
 Needs: wrk, nginx, taskset, and an open-file limit above the largest connection count.
@@ -36,14 +39,21 @@ import time
 from benchkit import cpu_seconds, free_port, nginx_conf, proxy_env, status_kib, wait_port
 from benchkit import write_target_e_config
 
-def top_user_symbols(data, count=10):
-    """The `count` user-space symbols (perf's `[.]`) with the most self samples in `data`."""
+def perf_report(data, sort):
     out = subprocess.run(
         ["perf", "report", "-i", data, "--stdio", "--no-children", "-q", "-g", "none",
-         "--sort", "dso,sym", "--percent-limit", "0.1"],
+         "--sort", sort, "--percent-limit", "0.1"],
         capture_output=True, text=True, timeout=120).stdout
-    lines = [" ".join(l.split()) for l in out.splitlines() if "[.]" in l]
-    return lines[:count]
+    return [" ".join(l.split()) for l in out.splitlines() if l.strip()]
+
+
+def top_symbols(data, count=10):
+    """The `count` user-space symbols (perf's `[.]`) and the `count` kernel ones (`[k]`) with
+    the most self samples in `data`, and the share of samples by object (`dso`)."""
+    lines = perf_report(data, "dso,sym")
+    user = [l for l in lines if "[.]" in l][:count]
+    kernel = [l for l in lines if "[k]" in l][:count]
+    return user, kernel, perf_report(data, "dso")[:6]
 
 
 def wrk(port, conns, secs):
@@ -146,7 +156,7 @@ def main():
                     if perf:
                         perf.wait(timeout=60)
                         procs.remove(perf)
-                        profiles.append((name, n, top_user_symbols(data)))
+                        profiles.append((name, n, cpu / count * 1e6, top_symbols(data)))
                     hwm = status_kib(proc.pid, "VmHWM")
                     stop(proc)
                     row = (count / elapsed, cpu / count * 1e6, hwm)
@@ -165,10 +175,19 @@ def main():
                 eh, bh = med([r[2] for r in e]), med([r[2] for r in b])
                 print(f"{n:5d} {ec:8.1f}µs {bc:8.1f}µs {ec / bc:5.2f} {eh / 1024:7.1f}MiB "
                       f"{bh / 1024:7.1f}MiB {eh / bh:5.2f}")
-        for name, n, top in profiles:
-            print(f"\nperf, {name} at {n} connections: the ten user-space symbols with the most samples (self)")
-            for line in top:
-                print("  " + line)
+        for name, n, per_req, (user, kernel, objects) in profiles:
+            print(f"\nperf, {name} at {n} connections ({per_req:.1f} µs per request)")
+            print("  samples by object, and that share of CPU per request:")
+            for line in objects:
+                share = re.match(r"([\d.]+)%", line)
+                us = f"{float(share.group(1)) * per_req / 100:5.1f} µs" if share else ""
+                print(f"    {us}  {line}")
+            print("  the ten user-space symbols with the most samples (self):")
+            for line in user:
+                print("    " + line)
+            print("  the ten kernel symbols with the most samples (self):")
+            for line in kernel:
+                print("    " + line)
     finally:
         for p in list(procs):
             p.kill()
