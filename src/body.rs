@@ -66,7 +66,8 @@ impl BodyStalled {
 #[derive(Clone, Debug)]
 pub struct DownloadLimit {
     pub limit: Duration,
-    pub service: String,
+    /// The service's interned name ([`crate::target::Target::label`]): no copy per response.
+    pub service: &'static str,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -122,7 +123,7 @@ pin_project_lite::pin_project! {
         inner: B,
         clock: Option<StallClock>,
         direction: Direction,
-        service: String,
+        service: &'static str,
     }
 }
 
@@ -130,7 +131,7 @@ impl<B> StallLimited<B> {
     pub fn new(inner: B, limit: Option<DownloadLimit>) -> Self {
         let (clock, service) = match limit {
             Some(l) => (Some(StallClock::new(l.limit)), l.service),
-            None => (None, String::new()),
+            None => (None, ""),
         };
         Self {
             inner,
@@ -166,7 +167,7 @@ where
                     let err = BodyStalled {
                         direction: *this.direction,
                         limit,
-                        service: std::mem::take(this.service),
+                        service: (*this.service).to_owned(),
                     };
                     if *this.direction == Direction::Download {
                         tracing::warn!(error = %err, "response aborted: the upstream body stalled");
@@ -257,17 +258,12 @@ impl<B: http_body::Body> NoTrailers<B> {
     }
 
     /// Trailers dropped, a stall limit of `limit`, and the receiving side of "has ended".
-    pub fn limited(inner: B, limit: Duration, service: &str) -> (Self, UploadEnded) {
+    pub fn limited(inner: B, limit: Duration, service: &'static str) -> (Self, UploadEnded) {
         let signal = Arc::new(EndSignal::default());
         let done = inner.is_end_stream();
-        // An empty body (a GET's) has nothing to wait for: no clock, no copy of the name.
-        let mut inner = StallLimited::new(
-            inner,
-            (!done).then(|| DownloadLimit {
-                limit,
-                service: service.to_owned(),
-            }),
-        );
+        // An empty body (a GET's) has nothing to wait for: no clock.
+        let mut inner =
+            StallLimited::new(inner, (!done).then_some(DownloadLimit { limit, service }));
         inner.direction = Direction::Upload;
         if done {
             signal.set();
@@ -363,7 +359,7 @@ mod tests {
         let (tx, inner) = channel();
         let limit = DownloadLimit {
             limit: Duration::from_secs(secs),
-            service: "svc".into(),
+            service: "svc",
         };
         (tx, StallLimited::new(inner, Some(limit)))
     }

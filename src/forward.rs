@@ -39,7 +39,7 @@ pub use self::pool::{ClientError, ResponseFuture, UpstreamClient};
 use crate::body::{Body, BodyStalled, DownloadLimit, NoTrailers, UploadEnded};
 use crate::config::ServiceConfig;
 use crate::error::{ClientFailure, ProxyError, UpstreamError};
-use crate::route::Routed;
+use crate::route::{Destination, Routed};
 
 /// How long the upstream took to send response headers; in response extensions for the log.
 #[derive(Clone, Copy, Debug)]
@@ -52,7 +52,7 @@ pub struct Forward;
 
 /// What forwarding needs of a routed target (implemented by [`crate::target::Target`]; a
 /// trait so this module does not depend on the module that builds targets from it).
-pub trait Endpoint {
+pub trait Endpoint: Destination {
     /// The target's pooled client.
     fn client(&self) -> &HttpClient;
     /// Its name, upstream and timeout.
@@ -74,7 +74,7 @@ impl<T: Endpoint> Service<Routed<T, Body>> for Forward {
         let started = Instant::now();
         let svc = target.service();
         let (parts, body) = routed.into_request().into_parts();
-        let (body, upload_ended) = NoTrailers::limited(body, svc.body_idle_timeout, &svc.name);
+        let (body, upload_ended) = NoTrailers::limited(body, svc.body_idle_timeout, target.label());
         let response = target
             .client()
             .send(Request::from_parts(parts, body), started);
@@ -131,7 +131,7 @@ impl<T: Endpoint> Future for ForwardFuture<T> {
                 // The listener bounds the upstream's body by this (server.rs).
                 resp.extensions_mut().insert(DownloadLimit {
                     limit: svc.body_idle_timeout,
-                    service: service(),
+                    service: this.target.label(),
                 });
                 Ok(resp)
             }
