@@ -120,12 +120,7 @@ where
                 }
             }
         };
-        let mut template = Request::new(());
-        *template.method_mut() = req.method().clone();
-        *template.uri_mut() = req.uri().clone();
-        *template.version_mut() = req.version();
-        *template.headers_mut() = req.headers().clone();
-        *template.extensions_mut() = req.extensions().clone();
+        let template = copy_head(req, ());
         let deadline = Instant::now() + target.config.timeout;
         // The target without the client's body: each retried attempt gets a fresh copy of the
         // request; the first one is the request itself (one copy of the headers, not two).
@@ -283,14 +278,10 @@ where
             drop(result);
             tokio::time::sleep(pause).await;
             attempt += 1;
-            let t = &self.template;
-            let mut r = Request::new(ReqBody::<B>::Right(self.replay.clone()));
-            *r.method_mut() = t.method().clone();
-            *r.uri_mut() = t.uri().clone();
-            *r.version_mut() = t.version();
-            *r.headers_mut() = t.headers().clone();
-            *r.extensions_mut() = t.extensions().clone();
-            let next = self.shell.with_request(r);
+            let next = self.shell.with_request(copy_head(
+                &self.template,
+                ReqBody::<B>::Right(self.replay.clone()),
+            ));
             let call = self.inner.ready().await?.call(next);
             // A retried attempt must not run past the request's deadline.
             let left = self.deadline.saturating_duration_since(Instant::now());
@@ -305,6 +296,17 @@ where
             };
         }
     }
+}
+
+/// A request with `from`'s method, URI, version, headers and extensions, and `body`.
+fn copy_head<T, B>(from: &Request<T>, body: B) -> Request<B> {
+    let mut r = Request::new(body);
+    *r.method_mut() = from.method().clone();
+    *r.uri_mut() = from.uri().clone();
+    *r.version_mut() = from.version();
+    *r.headers_mut() = from.headers().clone();
+    *r.extensions_mut() = from.extensions().clone();
+    r
 }
 
 #[cfg(test)]
