@@ -17,6 +17,7 @@
 //! Layout: `egress` decides direct or tunnelled per service, `connect` opens that transport,
 //! `client` puts TLS on top, `pool` keeps its connections, and this module is the service.
 
+mod affinity;
 mod client;
 mod connect;
 mod egress;
@@ -32,6 +33,7 @@ use http::{Request, Response};
 use http_body_util::Either;
 use tower::Service;
 
+pub use self::affinity::{drive, release_bound, Driven};
 pub use self::client::{client_for, HttpClient, TlsSetupError};
 pub use self::connect::{TunnelFailed, UpstreamConnector};
 pub use self::egress::{DirectReason, Egress, EgressRoute};

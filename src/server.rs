@@ -116,6 +116,10 @@ const LINGER_MAX: usize = 128;
 /// the connection cap they wait there; past it, the kernel drops their SYNs and the clients
 /// retry after a second or more.
 const LISTEN_BACKLOG: u32 = 1024;
+/// How long an HTTP/1 client connection may be quiet between requests before the upstream
+/// connection bound to it goes back to the service's pool (within `max_idle_connections`):
+/// idle clients hold no upstream connections, busy ones keep theirs.
+const RELEASE_UPSTREAM_AFTER: Duration = Duration::from_secs(1);
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 // ---------------------------------------------------------------- file descriptors
@@ -1244,14 +1248,14 @@ async fn connection<S: HttpService>(
     // (A future moved into a box in the statement that awaits it would still take room in
     // this one: hence the separate statements.)
     let first = Box::pin(first_bytes(&stream, &state, &builders));
-    let Some(mut prefix) = first.await else {
+    let Some(prefix) = first.await else {
         return;
     };
     state
         .bytes_read
         .store(prefix.len() as u64, Ordering::Relaxed);
     state.touch();
-    let mut svc = PerConnection {
+    let svc = PerConnection {
         inner: service,
         state: state.clone(),
         connections: connections.clone(),
@@ -1264,9 +1268,30 @@ async fn connection<S: HttpService>(
     }
     // HTTP/1: a hyper connection per burst of requests (boxed, so its buffers and state are
     // freed when the burst ends); between bursts the connection costs this task and the
-    // socket.
+    // socket. The upstream connection its requests opened is driven here too (one request at
+    // a time: it can be the downstream connection's own).
+    crate::forward::drive(http1_connection(
+        builders,
+        &stream,
+        &state,
+        &connections,
+        svc,
+        prefix,
+    ))
+    .await;
+}
+
+/// An HTTP/1 connection's bursts, from its first bytes.
+async fn http1_connection<S: HttpService>(
+    builders: Arc<Builders>,
+    stream: &Arc<Stream>,
+    state: &Arc<ConnState>,
+    connections: &Arc<Connections>,
+    mut svc: PerConnection<S>,
+    mut prefix: Bytes,
+) {
     loop {
-        let burst = Box::pin(h1_burst(&builders, &stream, &state, svc, prefix));
+        let burst = Box::pin(h1_burst(&builders, stream, state, svc, prefix));
         let (leftover, back) = match burst.await {
             Burst::Resume(leftover, back) => (leftover, back),
             Burst::Over => return,
@@ -1283,7 +1308,7 @@ async fn connection<S: HttpService>(
             return;
         }
         prefix = if leftover.is_empty() {
-            match next_request_bytes(&stream, &state, builders.idle).await {
+            match next_request_bytes(stream, state, builders.idle).await {
                 Some(b) => b,
                 None => return,
             }
@@ -1349,18 +1374,31 @@ async fn next_request_bytes(stream: &Stream, state: &ConnState, idle: Duration) 
             Err(e) => return Poll::Ready(Err(e)),
         }
     });
-    tokio::select! {
-        // A request that arrives as the listener stops is served (with `Connection: close`).
-        biased;
-        r = read => match r {
-            Ok(b) if !b.is_empty() => {
-                state.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
-                Some(b)
+    tokio::pin!(read);
+    let idle_timeout = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(idle_timeout);
+    let release = tokio::time::sleep(RELEASE_UPSTREAM_AFTER);
+    tokio::pin!(release);
+    let mut released = false;
+    loop {
+        tokio::select! {
+            // A request that arrives as the listener stops is served (with `Connection: close`).
+            biased;
+            r = &mut read => return match r {
+                Ok(b) if !b.is_empty() => {
+                    state.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    Some(b)
+                }
+                _ => None,
+            },
+            () = &mut idle_timeout => return None,
+            _ = state.events(STOPPED) => return None,
+            // A client that went quiet does not keep an upstream connection to itself.
+            () = &mut release, if !released => {
+                released = true;
+                crate::forward::release_bound();
             }
-            _ => None,
-        },
-        () = tokio::time::sleep_until(deadline.into()) => None,
-        _ = state.events(STOPPED) => None,
+        }
     }
 }
 

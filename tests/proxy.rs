@@ -8,6 +8,7 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 
 async fn setup(
     account_id: &str,
@@ -350,6 +351,75 @@ async fn client_gone_mid_request_leaves_no_request_in_flight() {
     drop(s);
     let gauge_back = eventually(Duration::from_secs(5), in_flight(0)).await;
     assert!(gauge_back, "{}", proxy.metrics.encode());
+}
+
+/// More client connections than `max_idle_connections`: each client connection keeps the
+/// upstream connection its first request opened, so rounds after the first open none. Before
+/// upstream connections were bound to client connections, each round closed and reopened all
+/// but the 4 idle ones (16 + 4 x 12 = 64 connections in five rounds).
+#[tokio::test]
+async fn client_connections_above_max_idle_keep_their_own_upstream_connections() {
+    let (up, proxy, _d) = setup("", "max_idle_connections = 4").await;
+    let client = client();
+    let round = || async {
+        let sends = (0..16).map(|_| send(&client, get(proxy.addr, "/v1/slow/50")));
+        for (status, _, _) in futures_util::future::join_all(sends).await {
+            assert_eq!(status, 200);
+        }
+    };
+    round().await;
+    let after_first = up.connections();
+    assert!(
+        (8..=16).contains(&after_first),
+        "16 concurrent requests used {after_first} upstream connections"
+    );
+    for _ in 0..4 {
+        round().await;
+    }
+    assert_eq!(
+        up.connections(),
+        after_first,
+        "rounds after the first opened new upstream connections"
+    );
+}
+
+/// A client connection quiet between requests for over a second hands its upstream
+/// connection back to the pool: a second client connection reuses it instead of opening
+/// another, and the first, busy again, takes it from the pool.
+#[tokio::test]
+async fn a_quiet_client_connection_gives_its_upstream_connection_back_to_the_pool() {
+    let (up, proxy, _d) = setup("", "").await;
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        tx
+    };
+    let get = |tx: &mut hyper::client::conn::http1::SendRequest<Body>| {
+        let req = Request::get("/v1/images")
+            .header(http::header::HOST, proxy.addr.to_string())
+            .body(body(Bytes::new()))
+            .unwrap();
+        let sent = tx.send_request(req);
+        async move {
+            let resp = sent.await.unwrap();
+            let status = resp.status();
+            resp.into_body().collect().await.unwrap();
+            status
+        }
+    };
+    let mut first = connect().await;
+    assert_eq!(get(&mut first).await, 200);
+    assert_eq!(get(&mut first).await, 200);
+    assert_eq!(up.connections(), 1);
+    // Longer than the proxy's one second: a timer, nothing to poll for.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut second = connect().await;
+    assert_eq!(get(&mut second).await, 200);
+    assert_eq!(get(&mut first).await, 200);
+    assert_eq!(up.connections(), 1, "a new upstream connection was opened");
 }
 
 /// 64 clients at once, round after round, as the peer bench's load: the upstream pool keeps

@@ -15,9 +15,14 @@
 //! closes it); closed ones are dropped at checkout; a request that a reused connection gave
 //! back unsent (the upstream closed it while idle) is sent once more on a fresh connection, as
 //! hyper-util's legacy client did (`retry_canceled_requests`); each connection is driven by its
-//! own tokio task, which ends with it; failures are [`ClientError`]s that say, as the legacy
-//! client's did, whether connecting failed ([`ClientError::is_connect`]), in the same words.
+//! own tokio task, which ends with it, except an HTTP/1 one opened for a request of a
+//! downstream connection under [`super::affinity::drive`] (when `max_idle` is not 0): that one
+//! is bound to the downstream connection, driven in its task and used first by its later
+//! requests, and comes to the pool when the downstream connection ends; failures are
+//! [`ClientError`]s that say, as the legacy client's did, whether connecting failed
+//! ([`ClientError::is_connect`]), in the same words.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +39,7 @@ use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
+use super::affinity::{Bound, Slot};
 use super::connect::UpstreamConnector;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -97,9 +103,64 @@ struct Listed<B> {
     since: Instant,
 }
 
+/// A new connection's sender; an HTTP/1 one with its connection's future, not yet driven
+/// (spawned, or bound to the downstream connection).
 enum Fresh<B> {
-    H1(http1::SendRequest<B>),
+    H1(http1::SendRequest<B>, Driving),
     H2(http2::SendRequest<B>),
+}
+
+/// An HTTP/1 connection's future, to its end.
+type Driving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// An HTTP/1 connection bound to the downstream connection it was opened for.
+struct BoundH1<B> {
+    pool: Weak<Inner<B>>,
+    tx: http1::SendRequest<B>,
+    /// When it last sent: it has been idle at most since.
+    since: Instant,
+    conn: Driving,
+}
+
+impl<B> Bound for BoundH1<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn pool(&self) -> usize {
+        // The pool's allocation outlives this Weak: no other pool can have its address.
+        self.pool.as_ptr() as *const () as usize
+    }
+    fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.conn.as_mut().poll(cx)
+    }
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn release(self: Box<Self>) {
+        let BoundH1 {
+            pool,
+            tx,
+            since,
+            conn,
+        } = *self;
+        let (Some(inner), Ok(rt)) = (pool.upgrade(), tokio::runtime::Handle::try_current()) else {
+            // The pool was replaced (a reload) or the runtime is stopping: closed.
+            return;
+        };
+        if tx.is_closed() {
+            return;
+        }
+        // Driven on its own from here, as a connection the pool opened is: it finishes an
+        // exchange the downstream client left, or waits listed for reuse.
+        rt.spawn(conn);
+        let mut state = inner.lock();
+        if state.h1.len() < inner.max_idle {
+            state.h1.push(Listed { tx, since });
+            inner.reap_while_listed(&mut state);
+        }
+    }
 }
 
 impl<B> UpstreamClient<B>
@@ -161,6 +222,32 @@ where
     pub(crate) fn send(&self, mut req: Request<B>, now: Instant) -> ResponseFuture<B> {
         debug_assert_eq!(req.uri().authority(), Some(&self.inner.authority));
         let inner = &self.inner;
+        if inner.max_idle > 0 {
+            // The downstream connection's own upstream connection first.
+            let mut unsent = Some(req);
+            let sent = Slot::with_bound(inner.key(), |bound| {
+                let b = bound.as_mut()?.as_any().downcast_mut::<BoundH1<B>>()?;
+                if b.tx.is_ready() && now.saturating_duration_since(b.since) < inner.idle_timeout {
+                    let mut req = unsent.take()?;
+                    b.since = now;
+                    inner.to_origin_form(&mut req);
+                    return Some(Box::pin(b.tx.try_send_request(req)) as Sending<B>);
+                }
+                if b.tx.is_closed() || b.tx.is_ready() {
+                    // Closed by the upstream, or idle too long: closed here.
+                    *bound = None;
+                }
+                // Otherwise still busy (pipelined requests): a fresh connection replaces it.
+                None
+            });
+            if let Some(Some(sending)) = sent {
+                return ResponseFuture::sending(sending, Some(inner.clone()));
+            }
+            let Some(r) = unsent else {
+                unreachable!("the request is taken only when it is sent")
+            };
+            req = r;
+        }
         let mut state = inner.lock();
         if let Some((h2, used)) = &mut state.h2 {
             if !h2.is_closed() && now.saturating_duration_since(*used) < inner.idle_timeout {
@@ -198,6 +285,11 @@ where
 impl<B> Inner<B> {
     fn lock(&self) -> MutexGuard<'_, State<B>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What a bound connection knows its pool by: its address.
+    fn key(&self) -> usize {
+        self as *const Self as *const () as usize
     }
 
     /// What hyper's HTTP/1 client sends: the path and query, and a `Host` (as the legacy
@@ -267,13 +359,12 @@ where
             Ok(Fresh::H2(tx))
         } else {
             let (tx, conn) = self.h1.handshake(io).await.map_err(ClientError::send)?;
-            tokio::spawn(async move {
+            let conn: Driving = Box::pin(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!("upstream connection error: {e:?}");
                 }
             });
-            // A fresh connection takes its first request before its task has run.
-            Ok(Fresh::H1(tx))
+            Ok(Fresh::H1(tx, conn))
         }
     }
 
@@ -281,9 +372,29 @@ where
     fn send_fresh(self: &Arc<Self>, fresh: Fresh<B>, mut req: Request<B>) -> Sending<B> {
         let now = Instant::now();
         match fresh {
-            Fresh::H1(mut tx) => {
+            Fresh::H1(mut tx, conn) => {
                 self.to_origin_form(&mut req);
+                // A fresh connection takes its first request before it is first polled.
                 let sending = Box::pin(tx.try_send_request(req));
+                let mut fresh = Some((tx, conn));
+                if self.max_idle > 0 {
+                    Slot::with_bound(self.key(), |bound| {
+                        let (tx, conn) = fresh.take()?;
+                        let pool = Arc::downgrade(self);
+                        let this = BoundH1 {
+                            pool,
+                            tx,
+                            since: now,
+                            conn,
+                        };
+                        // One this replaces (busy, or closed) goes to its pool.
+                        bound.replace(Box::new(this)).map(|old| old.release())
+                    });
+                }
+                let Some((tx, conn)) = fresh else {
+                    return sending;
+                };
+                tokio::spawn(conn);
                 let mut state = self.lock();
                 if state.h1.len() < self.max_idle {
                     state.h1.push(Listed { tx, since: now });
@@ -523,13 +634,15 @@ mod tests {
 
     use super::*;
     use crate::forward::connect::Connect;
+    use crate::forward::drive;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
     /// Bounds every wait in these tests.
     const WAIT: Duration = Duration::from_secs(10);
 
-    /// A local upstream: `/small` answers `ok`, `/big` 8 MiB; counts connections accepted and
-    /// closed, and records each request's version and `Host`.
+    /// A local upstream: `/small` answers `ok`, `/big` 8 MiB, `/close` `ok` and closes the
+    /// connection; counts connections accepted and closed, and records each request's version
+    /// and `Host`.
     struct Upstream {
         addr: std::net::SocketAddr,
         accepted: Arc<AtomicUsize>,
@@ -578,12 +691,19 @@ mod tests {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let host = req.headers().get(header::HOST).cloned();
                         seen.lock().unwrap().push((req.version(), host));
-                        let body = if req.uri().path() == "/big" {
+                        let path = req.uri().path().to_owned();
+                        let body = if path == "/big" {
                             Bytes::from(vec![b'x'; 8 << 20])
                         } else {
                             Bytes::from_static(b"ok")
                         };
-                        async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(body))) }
+                        let mut resp = Response::new(Full::new(body));
+                        if path == "/close" {
+                            // hyper closes the connection after this response.
+                            resp.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
                     });
                     let auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let _ = match acceptor {
@@ -821,6 +941,117 @@ mod tests {
         assert_eq!(&body[..], b"ok");
         let rest = server.join().unwrap();
         assert!(rest.is_empty(), "the closed connection got {rest:?}");
+    }
+
+    /// How many HTTP/1 connections the pool lists.
+    fn listed(client: &UpstreamClient<Empty<Bytes>>) -> usize {
+        client.inner.lock().h1.len()
+    }
+
+    #[tokio::test]
+    async fn a_connection_opened_under_drive_is_its_own_then_the_pools() {
+        let up = upstream(false).await;
+        let client = client(up.addr, false, 4, Duration::from_secs(60));
+        drive(async {
+            for _ in 0..3 {
+                assert_eq!(&fetch(&client, "/small").await[..], b"ok");
+                // Bound to the driven future, not listed for others.
+                assert_eq!(listed(&client), 0);
+            }
+        })
+        .await;
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+        // Handed to the pool when the driven future ended, and reused from there.
+        assert_eq!(listed(&client), 1);
+        assert_eq!(&fetch(&client, "/small").await[..], b"ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(up.closed.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_driven_future_has_its_own_connection() {
+        let up = upstream(false).await;
+        let client = client(up.addr, false, 1, Duration::from_secs(60));
+        let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+        let one = |client: UpstreamClient<Empty<Bytes>>,
+                   mut go: tokio::sync::watch::Receiver<bool>| {
+            tokio::spawn(drive(async move {
+                fetch(&client, "/small").await;
+                // Both have connected before either sends again.
+                go.wait_for(|go| *go).await.unwrap();
+                for _ in 0..5 {
+                    assert_eq!(&fetch(&client, "/small").await[..], b"ok");
+                }
+            }))
+        };
+        let a = one(client.clone(), go_rx.clone());
+        let b = one(client.clone(), go_rx);
+        eventually("both connect", || up.accepted.load(Ordering::SeqCst) == 2).await;
+        go_tx.send(true).unwrap();
+        for t in [a, b] {
+            tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+        }
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(up.seen.lock().unwrap().len(), 12);
+        // Back to a pool of max_idle 1: one listed, the other closed.
+        assert_eq!(listed(&client), 1);
+        eventually("the one over max_idle closes", || {
+            up.closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_bound_connection_that_closed_or_idled_too_long_is_replaced() {
+        let up = upstream(false).await;
+        let client = client(up.addr, false, 4, Duration::from_millis(300));
+        drive(async {
+            assert_eq!(&fetch(&client, "/close").await[..], b"ok");
+            // Driven here, its end is seen without another request.
+            eventually("the upstream's close", || {
+                up.closed.load(Ordering::SeqCst) == 1
+            })
+            .await;
+            assert_eq!(&fetch(&client, "/small").await[..], b"ok");
+            assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+            // Idle past idle_timeout: closed, and the request goes out on a fresh one.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            assert_eq!(&fetch(&client, "/small").await[..], b"ok");
+            assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+            eventually("the idle one closes", || {
+                up.closed.load(Ordering::SeqCst) == 2
+            })
+            .await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_request_for_another_service_hands_the_bound_connection_to_its_pool() {
+        let (up_a, up_b) = (upstream(false).await, upstream(false).await);
+        let a = client(up_a.addr, false, 4, Duration::from_secs(60));
+        let b = client(up_b.addr, false, 4, Duration::from_secs(60));
+        drive(async {
+            fetch(&a, "/small").await;
+            assert_eq!(listed(&a), 0);
+            fetch(&b, "/small").await;
+            // a's went to its pool when b's was bound, and is taken from there.
+            assert_eq!(listed(&a), 1);
+            fetch(&a, "/small").await;
+        })
+        .await;
+        assert_eq!(up_a.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(up_b.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(listed(&b), 1);
+
+        // With max_idle 0 nothing is kept, bound or listed: every request connects.
+        let none = self::client(up_a.addr, false, 0, Duration::from_secs(60));
+        drive(async {
+            fetch(&none, "/small").await;
+            fetch(&none, "/small").await;
+        })
+        .await;
+        assert_eq!(up_a.accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
