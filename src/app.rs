@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use tower::util::Oneshot;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -43,6 +42,7 @@ use crate::layers::tracecontext::{SpanExport, TraceContextLayer};
 use crate::layers::version::VersionPinLayer;
 use crate::layers::ReqBody;
 use crate::metrics::Metrics;
+use crate::ready::{ready_call, ReadyCall};
 use crate::route::{RouteLayer, Routes};
 use crate::target::{self, RoutedRequest, Target, TargetError};
 
@@ -247,16 +247,16 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Oneshot<S, Req>;
+    type Future = ReadyCall<S, Req>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        // Readiness is the stack's own, checked per request by `Oneshot`.
+        // Readiness is the stack's own, checked per request by `ready_call`.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
         let stack = S::clone(&self.current.load());
-        Oneshot::new(stack, req)
+        ready_call(stack, req)
     }
 }
 

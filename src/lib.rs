@@ -22,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod policy;
+pub(crate) mod ready;
 pub(crate) mod reload;
 pub(crate) mod route;
 pub(crate) mod server;

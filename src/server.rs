@@ -55,7 +55,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tower::ServiceExt as _;
 
 use crate::body::{Body, DownloadLimit, StallLimited};
 use crate::config::{ListenAddr, ServerConfig};
@@ -765,7 +764,7 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for PerConnectio
             }
         }
         let state = self.state.clone();
-        let response = self.inner.clone().oneshot(req);
+        let response = crate::ready::ready_call(self.inner.clone(), req);
         // HTTP/1 requests are polled in the connection's task, which `GRACE_OVER` wakes;
         // HTTP/2 ones run in their own tasks and wait on the channel.
         let mut grace_over = (!http1).then(|| self.connections.grace_over.clone());
