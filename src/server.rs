@@ -34,6 +34,9 @@
 //! - A [`Takeover`] set while a request is served gets the connection's bytes once hyper
 //!   has written the response and ended the exchange (an accepted CONNECT), the bytes read
 //!   past it first; the connection keeps its place under the cap until the takeover ends.
+//! - An HTTP/1 connection's task also drives the upstream connection bound to it
+//!   ([`crate::forward::drive`]); one quiet for [`RELEASE_UPSTREAM_AFTER`] between requests
+//!   gives that upstream connection back to its pool, so idle clients hold none.
 //! - Memory freed by a burst of connections is given back to the system ([`Trim`]).
 
 use std::convert::Infallible;
