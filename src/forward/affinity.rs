@@ -63,10 +63,7 @@ impl Slot {
 
     /// Runs `f` on the bound connection of the downstream connection being polled, if there is
     /// one and it came from `pool`; `None` outside a [`drive`]n future.
-    pub(super) fn with_bound<R>(
-        pool: usize,
-        f: impl FnOnce(&mut Option<Box<dyn Bound>>) -> R,
-    ) -> Option<R> {
+    pub(super) fn with_bound<R>(pool: usize, f: impl FnOnce(&mut Binding<'_>) -> R) -> Option<R> {
         SLOT.try_with(|slot| {
             let mut bound = slot.lock();
             if bound.as_ref().is_some_and(|b| b.pool() != pool) {
@@ -75,13 +72,10 @@ impl Slot {
                     other.release();
                 }
             }
-            let before = bound.as_deref().map(|b| b as *const dyn Bound as *const ());
-            let out = f(&mut bound);
-            let after = bound.as_deref().map(|b| b as *const dyn Bound as *const ());
-            if after.is_some() && after != before {
-                slot.fresh.store(true, Ordering::SeqCst);
-            }
-            out
+            f(&mut Binding {
+                bound: &mut bound,
+                fresh: &slot.fresh,
+            })
         })
         .ok()
     }
@@ -92,6 +86,30 @@ impl Slot {
             if b.poll_conn(cx).is_ready() {
                 *bound = None;
             }
+        }
+    }
+}
+
+/// A downstream connection's slot, as [`Slot::with_bound`] lends it.
+pub(super) struct Binding<'a> {
+    bound: &'a mut Option<Box<dyn Bound>>,
+    fresh: &'a AtomicBool,
+}
+
+impl Binding<'_> {
+    /// The bound connection, if any.
+    pub(super) fn get_mut(&mut self) -> Option<&mut (dyn Bound + 'static)> {
+        self.bound.as_deref_mut()
+    }
+    /// Drops the bound connection (closing it).
+    pub(super) fn close(&mut self) {
+        *self.bound = None;
+    }
+    /// Binds `new`, to be polled from the next round; one it replaces goes to its pool.
+    pub(super) fn bind(&mut self, new: Box<dyn Bound>) {
+        self.fresh.store(true, Ordering::SeqCst);
+        if let Some(old) = self.bound.replace(new) {
+            old.release();
         }
     }
 }

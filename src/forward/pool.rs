@@ -226,7 +226,7 @@ where
             // The downstream connection's own upstream connection first.
             let mut unsent = Some(req);
             let sent = Slot::with_bound(inner.key(), |bound| {
-                let b = bound.as_mut()?.as_any().downcast_mut::<BoundH1<B>>()?;
+                let b = bound.get_mut()?.as_any().downcast_mut::<BoundH1<B>>()?;
                 if b.tx.is_ready() && now.saturating_duration_since(b.since) < inner.idle_timeout {
                     let mut req = unsent.take()?;
                     b.since = now;
@@ -235,7 +235,7 @@ where
                 }
                 if b.tx.is_closed() || b.tx.is_ready() {
                     // Closed by the upstream, or idle too long: closed here.
-                    *bound = None;
+                    bound.close();
                 }
                 // Otherwise still busy (pipelined requests): a fresh connection replaces it.
                 None
@@ -379,16 +379,16 @@ where
                 let mut fresh = Some((tx, conn));
                 if self.max_idle > 0 {
                     Slot::with_bound(self.key(), |bound| {
-                        let (tx, conn) = fresh.take()?;
-                        let pool = Arc::downgrade(self);
-                        let this = BoundH1 {
-                            pool,
-                            tx,
-                            since: now,
-                            conn,
-                        };
-                        // One this replaces (busy, or closed) goes to its pool.
-                        bound.replace(Box::new(this)).map(|old| old.release())
+                        if let Some((tx, conn)) = fresh.take() {
+                            let pool = Arc::downgrade(self);
+                            // One this replaces (busy, or closed) goes to its pool.
+                            bound.bind(Box::new(BoundH1 {
+                                pool,
+                                tx,
+                                since: now,
+                                conn,
+                            }));
+                        }
                     });
                 }
                 let Some((tx, conn)) = fresh else {
