@@ -353,32 +353,38 @@ async fn client_gone_mid_request_leaves_no_request_in_flight() {
     assert!(gauge_back, "{}", proxy.metrics.encode());
 }
 
-/// More client connections than `max_idle_connections`: each client connection keeps the
-/// upstream connection its first request opened, so rounds after the first open none. Before
-/// upstream connections were bound to client connections, each round closed and reopened all
-/// but the 4 idle ones (16 + 4 x 12 = 64 connections in five rounds).
-#[tokio::test]
-async fn client_connections_above_max_idle_keep_their_own_upstream_connections() {
-    let (up, proxy, _d) = setup("", "max_idle_connections = 4").await;
+/// `clients` slow GETs at once, five rounds: the upstream connections the first round used,
+/// and those all five had used.
+async fn concurrent_rounds(service: &str, clients: usize) -> (u64, u64) {
+    let (up, proxy, _d) = setup("", service).await;
     let client = client();
     let round = || async {
-        let sends = (0..16).map(|_| send(&client, get(proxy.addr, "/v1/slow/50")));
+        let sends = (0..clients).map(|_| send(&client, get(proxy.addr, "/v1/slow/50")));
         for (status, _, _) in futures_util::future::join_all(sends).await {
             assert_eq!(status, 200);
         }
     };
     round().await;
     let after_first = up.connections();
+    for _ in 0..4 {
+        round().await;
+    }
+    (after_first, up.connections())
+}
+
+/// More client connections than `max_idle_connections`: each client connection keeps the
+/// upstream connection its first request opened, so rounds after the first open none. Before
+/// upstream connections were bound to client connections, each round closed and reopened all
+/// but the 4 idle ones (16 + 4 x 12 = 64 connections in five rounds).
+#[tokio::test]
+async fn client_connections_above_max_idle_keep_their_own_upstream_connections() {
+    let (after_first, after_all) = concurrent_rounds("max_idle_connections = 4", 16).await;
     assert!(
         (8..=16).contains(&after_first),
         "16 concurrent requests used {after_first} upstream connections"
     );
-    for _ in 0..4 {
-        round().await;
-    }
     assert_eq!(
-        up.connections(),
-        after_first,
+        after_all, after_first,
         "rounds after the first opened new upstream connections"
     );
 }
@@ -428,26 +434,13 @@ async fn a_quiet_client_connection_gives_its_upstream_connection_back_to_the_poo
 /// five rounds instead of 64).
 #[tokio::test]
 async fn sixty_four_concurrent_clients_reuse_upstream_connections() {
-    let (up, proxy, _d) = setup("", "").await;
-    let client = client();
-    let round = || async {
-        let sends = (0..64).map(|_| send(&client, get(proxy.addr, "/v1/slow/50")));
-        for (status, _, _) in futures_util::future::join_all(sends).await {
-            assert_eq!(status, 200);
-        }
-    };
-    round().await;
-    let after_first = up.connections();
+    let (after_first, after_all) = concurrent_rounds("", 64).await;
     assert!(
         after_first >= 32,
         "64 concurrent requests used {after_first} connections"
     );
-    for _ in 0..4 {
-        round().await;
-    }
     assert_eq!(
-        up.connections(),
-        after_first,
+        after_all, after_first,
         "rounds after the first opened new upstream connections"
     );
 }

@@ -48,12 +48,11 @@ pub(super) trait Bound: Send {
     fn release(self: Box<Self>);
 }
 
-/// The bound connection of one downstream connection, if any.
-#[derive(Default)]
+/// The bound connection of one downstream connection, if any, and what wakes the parts of
+/// its [`Driven`] future.
 pub(super) struct Slot {
     bound: Mutex<Option<Box<dyn Bound>>>,
-    /// A connection was bound since [`Driven`] last looked: it has not been polled.
-    fresh: AtomicBool,
+    wakes: Wakes,
 }
 
 impl Slot {
@@ -74,7 +73,7 @@ impl Slot {
             }
             f(&mut Binding {
                 bound: &mut bound,
-                fresh: &slot.fresh,
+                conn_woken: &slot.wakes.conn,
             })
         })
         .ok()
@@ -93,7 +92,7 @@ impl Slot {
 /// A downstream connection's slot, as [`Slot::with_bound`] lends it.
 pub(super) struct Binding<'a> {
     bound: &'a mut Option<Box<dyn Bound>>,
-    fresh: &'a AtomicBool,
+    conn_woken: &'a AtomicBool,
 }
 
 impl Binding<'_> {
@@ -105,9 +104,10 @@ impl Binding<'_> {
     pub(super) fn close(&mut self) {
         *self.bound = None;
     }
-    /// Binds `new`, to be polled from the next round; one it replaces goes to its pool.
+    /// Binds `new`, to be polled from the next round (marked woken: it has never been polled,
+    /// so nothing else would wake it); one it replaces goes to its pool.
     pub(super) fn bind(&mut self, new: Box<dyn Bound>) {
-        self.fresh.store(true, Ordering::SeqCst);
+        self.conn_woken.store(true, Ordering::SeqCst);
         if let Some(old) = self.bound.replace(new) {
             old.release();
         }
@@ -125,7 +125,7 @@ struct Wakes {
 
 /// The waker of one part of a [`Driven`] future.
 struct PartWaker {
-    wakes: Arc<Wakes>,
+    slot: Arc<Slot>,
     conn: bool,
 }
 
@@ -134,14 +134,11 @@ impl Wake for PartWaker {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        let flag = if self.conn {
-            &self.wakes.conn
-        } else {
-            &self.wakes.inner
-        };
+        let wakes = &self.slot.wakes;
+        let flag = if self.conn { &wakes.conn } else { &wakes.inner };
         flag.store(true, Ordering::SeqCst);
-        if !self.wakes.polling.load(Ordering::SeqCst) {
-            self.wakes.task.wake();
+        if !wakes.polling.load(Ordering::SeqCst) {
+            wakes.task.wake();
         }
     }
 }
@@ -161,7 +158,6 @@ pin_project_lite::pin_project! {
     /// A downstream connection's future, driving the upstream connection bound to it.
     pub struct Driven<F: Future> {
         slot: Arc<Slot>,
-        wakes: Arc<Wakes>,
         conn_waker: Waker,
         inner_waker: Waker,
         #[pin]
@@ -180,16 +176,18 @@ pin_project_lite::pin_project! {
 
 /// `fut` (a downstream HTTP/1 connection's), with upstream connections bound to it.
 pub fn drive<F: Future>(fut: F) -> Driven<F> {
-    let slot = Arc::new(Slot::default());
-    let wakes = Arc::new(Wakes {
-        task: AtomicWaker::new(),
-        polling: AtomicBool::new(false),
-        conn: AtomicBool::new(false),
-        inner: AtomicBool::new(true),
+    let slot = Arc::new(Slot {
+        bound: Mutex::new(None),
+        wakes: Wakes {
+            task: AtomicWaker::new(),
+            polling: AtomicBool::new(false),
+            conn: AtomicBool::new(false),
+            inner: AtomicBool::new(true),
+        },
     });
     let part = |conn| {
         Waker::from(Arc::new(PartWaker {
-            wakes: wakes.clone(),
+            slot: slot.clone(),
             conn,
         }))
     };
@@ -197,7 +195,6 @@ pub fn drive<F: Future>(fut: F) -> Driven<F> {
         inner: SLOT.scope(slot.clone(), fut),
         conn_waker: part(true),
         inner_waker: part(false),
-        wakes,
         slot,
     }
 }
@@ -210,7 +207,7 @@ impl<F: Future> Future for Driven<F> {
     /// before the task waits again, all in one poll of the task.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let mut this = self.project();
-        let wakes = &**this.wakes;
+        let wakes = &this.slot.wakes;
         wakes.task.register(cx.waker());
         wakes.polling.store(true, Ordering::SeqCst);
         for _ in 0..ROUNDS {
@@ -231,10 +228,6 @@ impl<F: Future> Future for Driven<F> {
                 {
                     wakes.polling.store(false, Ordering::SeqCst);
                     return Poll::Ready(out);
-                }
-                if this.slot.fresh.swap(false, Ordering::SeqCst) {
-                    // A connection bound just now: it has not been polled yet.
-                    wakes.conn.store(true, Ordering::SeqCst);
                 }
             }
         }
@@ -257,6 +250,14 @@ mod tests {
     #[derive(Default)]
     struct Counting(AtomicUsize);
 
+    impl Counting {
+        /// A task waker, and what counts its wakes.
+        fn waker() -> (Arc<Self>, Waker) {
+            let task = Arc::new(Self::default());
+            (task.clone(), Waker::from(task))
+        }
+    }
+
     impl Wake for Counting {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
@@ -272,8 +273,7 @@ mod tests {
             Poll::<()>::Pending
         });
         let mut driven = std::pin::pin!(drive(yielding));
-        let task = Arc::new(Counting::default());
-        let waker = Waker::from(task.clone());
+        let (task, waker) = Counting::waker();
         let mut cx = Context::from_waker(&waker);
         assert!(driven.as_mut().poll(&mut cx).is_pending());
         assert_eq!(polls.load(Ordering::SeqCst), ROUNDS);
@@ -293,8 +293,7 @@ mod tests {
             Poll::<()>::Pending
         });
         let mut driven = std::pin::pin!(drive(waiting));
-        let task = Arc::new(Counting::default());
-        let waker = Waker::from(task.clone());
+        let (task, waker) = Counting::waker();
         let mut cx = Context::from_waker(&waker);
         assert!(driven.as_mut().poll(&mut cx).is_pending());
         assert_eq!(polls.load(Ordering::SeqCst), 1);
