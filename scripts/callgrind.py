@@ -22,8 +22,11 @@ proxy's connection to it is kept alive, so the handshake falls in the warm-up an
 the record layer's cost per request (seal, open, buffers) on top of the plain mode's.
 `--response-kib K` pads the upstream's answer to about K KiB (a JSON list, as a real listing is
 larger than 22 bytes), in either mode.
+`--mangled`: symbol names as the linker sees them (valgrind's `--demangle=no`), and the start-up
+and each kind's warm-up are kept in OUT_DIR/KIND-startup.callgrind instead of being zeroed, so the dumps
+together hold every function the binary ran (scripts/symbol-order.py reads them).
 
-    python3 scripts/callgrind.py [--tls] [--response-kib K] [BINARY] [N] [OUT_DIR]
+    python3 scripts/callgrind.py [--tls] [--response-kib K] [--mangled] [BINARY] [N] [OUT_DIR]
                                               (default N: 300, OUT_DIR: temp)
 """
 import http.client
@@ -41,20 +44,22 @@ from benchkit import free_port, proxy_env, write_target_e_config
 
 
 def _options(argv):
-    """Takes `--tls` and `--response-kib K` out of argv; the rest stays positional."""
-    tls, kib, rest = False, 0, []
+    """Takes `--tls`, `--mangled` and `--response-kib K` out of argv; the rest stays positional."""
+    tls, mangled, kib, rest = False, False, 0, []
     it = iter(argv)
     for arg in it:
         if arg == "--tls":
             tls = True
+        elif arg == "--mangled":
+            mangled = True
         elif arg == "--response-kib":
             kib = int(next(it))
         else:
             rest.append(arg)
-    return tls, kib, rest
+    return tls, mangled, kib, rest
 
 
-TLS, RESPONSE_KIB, _ARGS = _options(sys.argv[1:])
+TLS, MANGLED, RESPONSE_KIB, _ARGS = _options(sys.argv[1:])
 BIN = _ARGS[0] if len(_ARGS) > 0 else "target/release/scp-auth-proxy"
 N = int(_ARGS[1]) if len(_ARGS) > 1 else 300
 OUT = _ARGS[2] if len(_ARGS) > 2 else tempfile.mkdtemp(prefix="callgrind-")
@@ -154,6 +159,7 @@ def main():
     log = open(os.path.join(OUT, "proxy.log"), "wb")
     proxy = subprocess.Popen(
         ["nice", "-n", "10", "valgrind", "--tool=callgrind", "--vgdb=yes",
+         *(["--demangle=no"] if MANGLED else []),
          f"--callgrind-out-file={OUT}/callgrind.out.%p", BIN, "--config", config],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -177,7 +183,12 @@ def main():
                     assert r.status == 202, f"{kind}: status {r.status}"
 
             run(WARMUP)
-            control("--zero", proxy.pid)
+            if MANGLED:
+                before = set(os.listdir(OUT))
+                control("--dump", proxy.pid)
+                os.rename(wait_new_dump(before), os.path.join(OUT, f"{kind}-startup.callgrind"))
+            else:
+                control("--zero", proxy.pid)
             run(N)
             before = set(os.listdir(OUT))
             control("--dump", proxy.pid)
