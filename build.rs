@@ -2,27 +2,31 @@
 //! `scripts/symbol-order.txt`, so the code that is resident is the code that runs and not what
 //! the kernel maps around it (see scripts/symbol-order.py for why and how the list is made).
 //!
-//! Only where the linker is lld, which knows `--symbol-ordering-file`: rustc's own on
-//! x86_64-unknown-linux-gnu since Rust 1.90, unless the build picks another linker. Anywhere
-//! else, or with `SCP_AUTH_PROXY_SYMBOL_ORDER=0`, the build links as before. A stale list (a new
-//! toolchain or dependency renames the functions) costs nothing but the memory it saved:
-//! unknown names are skipped without a warning.
+//! Only on x86_64 Linux (gnu) and where the linker takes lld's `--symbol-ordering-file`, which a
+//! one-line program linked with the build's own flags tells: rustc's own lld does (the default
+//! there since Rust 1.90); GNU ld, or a distribution's rustc that uses it, does not, and then the
+//! build links as before. `SCP_AUTH_PROXY_SYMBOL_ORDER=0` turns it off. A stale list (a new
+//! toolchain or dependency renames the functions) costs nothing but the memory it saved: names
+//! the binary lacks are skipped without a warning.
 
 use std::env;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=scripts/symbol-order.txt");
     println!("cargo:rerun-if-env-changed=SCP_AUTH_PROXY_SYMBOL_ORDER");
     if let Some(list) = ordering_file() {
-        println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={list}");
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            list.display()
+        );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
 }
 
-fn ordering_file() -> Option<String> {
+fn ordering_file() -> Option<PathBuf> {
     let var = |k: &str| env::var(k).unwrap_or_default();
     if var("SCP_AUTH_PROXY_SYMBOL_ORDER") == "0" || var("PROFILE") != "release" {
         return None;
@@ -35,45 +39,36 @@ fn ordering_file() -> Option<String> {
     if target != ("x86_64".into(), "linux".into(), "gnu".into()) {
         return None;
     }
-    // Another linker chosen for the target, or rustc told not to use its own lld.
-    let flags = var("CARGO_ENCODED_RUSTFLAGS");
-    // (Cargo sets RUSTC_LINKER for build scripts when a linker is configured.)
-    if !var("RUSTC_LINKER").is_empty()
-        || [
-            "linker=",
-            "linker-flavor",
-            "link-self-contained",
-            "linker-features",
-            "fuse-ld",
-        ]
-        .iter()
-        .any(|f| flags.contains(f))
-    {
-        return None;
-    }
-    if !rustc_links_with_lld(&var("RUSTC")) {
-        return None;
-    }
     let list = Path::new(&var("CARGO_MANIFEST_DIR")).join("scripts/symbol-order.txt");
-    list.is_file().then(|| list.display().to_string())
+    (list.is_file() && linker_takes_ordering(&list)).then_some(list)
 }
 
-/// rustc 1.90 and later link x86_64-unknown-linux-gnu with their own lld by default.
-fn rustc_links_with_lld(rustc: &str) -> bool {
-    let Ok(out) = Command::new(if rustc.is_empty() { "rustc" } else { rustc })
-        .arg("-V")
-        .output()
-    else {
+/// Links `fn main() {}` for the target with the build's flags and linker, and the ordering file.
+fn linker_takes_ordering(list: &Path) -> bool {
+    let var = |k: &str| env::var(k).unwrap_or_default();
+    let out = PathBuf::from(var("OUT_DIR"));
+    let source = out.join("symbol_order_probe.rs");
+    if std::fs::write(&source, "fn main() {}\n").is_err() {
         return false;
-    };
-    // "rustc 1.95.0 (59807616e 2026-04-14)", or "rustc 1.96.0-nightly (...)"
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut numbers = text
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .split(['.', '-'])
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    (major, minor) >= (1, 90)
+    }
+    let rustc = var("RUSTC");
+    let mut probe = Command::new(if rustc.is_empty() { "rustc" } else { &rustc });
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    probe.args(flags.split('\u{1f}').filter(|f| !f.is_empty()));
+    let linker = var("RUSTC_LINKER"); // set by Cargo when a linker is configured
+    if !linker.is_empty() {
+        probe.arg(format!("-Clinker={linker}"));
+    }
+    probe
+        .args(["--target", &var("TARGET"), "--crate-type", "bin", "-o"])
+        .arg(out.join("symbol_order_probe"))
+        .arg(format!(
+            "-Clink-arg=-Wl,--symbol-ordering-file={}",
+            list.display()
+        ))
+        .arg("-Clink-arg=-Wl,--no-warn-symbol-ordering")
+        .arg(&source)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    probe.status().is_ok_and(|s| s.success())
 }
