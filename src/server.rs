@@ -16,9 +16,11 @@
 //!   `server.header_read_timeout` gets `408` JSON `header_timeout`, then the connection closes.
 //! - Draining (the data plane after SIGTERM): HTTP/1 responses carry `Connection: close` and
 //!   HTTP/2 connections get GOAWAY at once, so clients stop reusing connections while the
-//!   listener still accepts during `shutdown_delay`. When the listener stops, idle connections
-//!   close; requests still waiting for their response when `shutdown_grace` ends get `503`
-//!   JSON `draining`.
+//!   listener still accepts during `shutdown_delay`. When the listener stops, it first refuses
+//!   new TCP connections (their SYNs go unanswered, and once it has closed they are refused),
+//!   then takes every connection already in its backlog, so none is reset after its client
+//!   wrote a request; idle connections close; requests still waiting for their response when
+//!   `shutdown_grace` ends get `503` JSON `draining`.
 //! - Protocol by the client's first bytes: the HTTP/2 prior-knowledge preface gets hyper's
 //!   HTTP/2 server, anything else HTTP/1 (no hyper connection exists before the first byte).
 //! - HTTP/1 is served a burst at a time: a fresh hyper connection from a request's first byte
@@ -97,6 +99,9 @@ pub(crate) const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 /// After `shutdown_grace`, how long the `503 draining` answers get to be written.
 const FLUSH_LIMIT: Duration = Duration::from_secs(1);
+/// When the listener stops, how long the handshakes under way get to complete into its backlog
+/// after new connections are refused (a LAN's round trip many times over).
+const HANDSHAKES_SETTLE: Duration = Duration::from_millis(50);
 /// When the listener stops, how long a connection accepted but not yet used has to send its
 /// first request.
 const FIRST_REQUEST_AFTER_STOP: Duration = Duration::from_secs(1);
@@ -255,6 +260,20 @@ impl Listener {
         }
     }
 
+    /// Stops the kernel from completing new TCP connections to this listener, so that the
+    /// connections waiting in its backlog can all be taken before it closes: a connection the
+    /// kernel completed after the last accept would be reset at the close, after its client
+    /// may have written a request. New SYNs are dropped by a socket filter (classic BPF on the
+    /// TCP flags), so a client connecting from now on retries its SYN and is refused once the
+    /// listener is closed; the ACKs of handshakes already under way pass, and those connections
+    /// complete into the backlog. Whether the filter is on (Linux; TCP only).
+    fn refuse_new_connections(&self) -> bool {
+        let Listener::Tcp(l) = self else {
+            return false;
+        };
+        refuse_syns(l.as_raw_fd())
+    }
+
     /// Accepts a connection that is already waiting, without waiting for one.
     fn try_accept(&self) -> Option<io::Result<Stream>> {
         let waker = futures_util::task::noop_waker();
@@ -280,6 +299,51 @@ impl Listener {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// A socket filter that drops TCP segments with SYN set and ACK clear (new connections) and
+/// passes all others: on a listener the filter sees each segment from its TCP header, whose
+/// byte 13 holds the flags.
+#[cfg(target_os = "linux")]
+fn refuse_syns(fd: std::os::fd::RawFd) -> bool {
+    const FLAGS: u32 = 13;
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut program = [
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, FLAGS, 0, 0),
+        op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, SYN | ACK, 0, 0),
+        // SYN alone: drop (return 0 bytes); anything else: keep it whole.
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, SYN, 0, 1),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+        op(libc::BPF_RET | libc::BPF_K, u32::MAX, 0, 0),
+    ];
+    let filter = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: the kernel copies the program during the call; `filter` points at it and
+    // outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::addr_of!(filter).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn refuse_syns(_fd: std::os::fd::RawFd) -> bool {
+    false
 }
 
 /// An accepted connection, shared between hyper's connection and this module (which writes
@@ -1045,7 +1109,11 @@ where
         }
     }
     // Connections the kernel completed but nobody accepted yet would be reset when the
-    // listener closes, after their clients may have written a request: take them first.
+    // listener closes, after their clients may have written a request: take them first,
+    // once no new ones can complete (handshakes under way get a moment to).
+    if listener.refuse_new_connections() {
+        tokio::time::sleep(HANDSHAKES_SETTLE).await;
+    }
     while let Ok(permit) = permits.clone().try_acquire_owned() {
         let Some(Ok(stream)) = listener.try_accept() else {
             break;
@@ -1736,6 +1804,52 @@ async fn drive<C: Graceful + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Once a listener refuses new connections, a connect is neither completed nor reset: its
+    /// SYN goes unanswered until the listener closes, and then it is refused. A connection the
+    /// kernel completed before is still in the backlog and carries data both ways.
+    #[tokio::test]
+    async fn a_listener_refusing_new_connections_keeps_its_backlog_and_refuses_after_close() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = Listener::from(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let Ok(ListenAddr::Tcp(addr)) = listener.local_addr() else {
+            panic!("a TCP listener");
+        };
+        let mut early = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            listener.refuse_new_connections(),
+            "the socket filter was refused"
+        );
+        let late = tokio::spawn(TcpStream::connect(addr));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !late.is_finished(),
+            "a connect completed or failed after new ones were refused"
+        );
+        let Some(Ok(Stream::Tcp(mut accepted))) = listener.try_accept() else {
+            panic!("the connection completed before the filter was not in the backlog");
+        };
+        early.write_all(b"request").await.unwrap();
+        let mut got = [0u8; 7];
+        accepted.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"request");
+        accepted.write_all(b"answer!").await.unwrap();
+        early.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"answer!");
+        assert!(
+            listener.try_accept().is_none(),
+            "only the early connection was waiting"
+        );
+        listener.close();
+        let late = tokio::time::timeout(Duration::from_secs(5), late)
+            .await
+            .expect("the late connect was still waiting 5 s after the listener closed")
+            .unwrap();
+        assert_eq!(
+            late.map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+    }
 
     /// A short read clears the read readiness (no EAGAIN read after it), and bytes that arrive
     /// later still wake the reader: the cleared readiness is never an edge that was lost.
