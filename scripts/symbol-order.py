@@ -15,8 +15,9 @@ BINARY defaults to both release builds: `cargo build --release`'s and the contai
 (glibc linked in statically, deploy/docker/Dockerfile). Their function names differ in the hash
 that each mangled name ends with, so the list has a section per build and lld skips the names a
 build does not have. The hashes depend on the toolchain, the locked dependency versions and the
-build's settings (target, build script); not on source edits inside a function or on the
-clone's path. After a toolchain or dependency update `--check` fails and the list is written
+build's settings (target, build script), and for an async function on what it holds across
+its awaits (adding an await to serve_draining renamed serve's future); not on other source
+edits or on the clone's path. After a toolchain or dependency update `--check` fails and the list is written
 again, from both builds (the command prints them).
 
 Writing: each BINARY runs under gdb with a breakpoint on each of its functions, each removed at
