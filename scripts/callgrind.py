@@ -138,22 +138,42 @@ def upstream(listener, tls=None, answer=None):
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
+def send(conn, request, count):
+    """Sends one of REQUESTS' values `count` times on `conn`, each answered 202 and read."""
+    method, path, body, headers = request
+    for _ in range(count):
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 202, f"{method} {path}: status {r.status}"
+
+
+def start_upstream(tls=False, answer=None):
+    """The 202 upstream on a free 127.0.0.1 port, in a thread; returns its listening socket."""
     up = socket.socket()
     up.bind(("127.0.0.1", 0))
     up.listen(64)
-    answer = answer_bytes(RESPONSE_KIB)
-    tls = tls_context() if TLS else None
-    threading.Thread(target=upstream, args=(up, tls, answer), daemon=True).start()
-    port, admin = free_port(), free_port()
-    up_port = up.getsockname()[1]
-    if TLS:
+    threading.Thread(target=upstream, args=(up, tls_context() if tls else None, answer),
+                     daemon=True).start()
+    return up
+
+
+def proxy_config(out, port, admin, up_port, tls=False):
+    """Target E's configuration in `out`, for the upstream on `up_port` (HTTPS with `tls`,
+    trusted through the test CA)."""
+    if tls:
         ca = os.path.join(FIXTURES, "ca.pem")
-        config = write_target_e_config(OUT, port, admin, f"https://localhost:{up_port}",
-                                       service_extra=f'ca_file = "{ca}"')
-    else:
-        config = write_target_e_config(OUT, port, admin, f"http://127.0.0.1:{up_port}")
+        return write_target_e_config(out, port, admin, f"https://localhost:{up_port}",
+                                     service_extra=f'ca_file = "{ca}"')
+    return write_target_e_config(out, port, admin, f"http://127.0.0.1:{up_port}")
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    answer = answer_bytes(RESPONSE_KIB)
+    up = start_upstream(TLS, answer)
+    port, admin = free_port(), free_port()
+    config = proxy_config(OUT, port, admin, up.getsockname()[1], TLS)
     print(f"upstream: {'https' if TLS else 'http'}, {len(answer)}-byte answer", flush=True)
     env = proxy_env()
     log = open(os.path.join(OUT, "proxy.log"), "wb")
@@ -172,24 +192,16 @@ def main():
                 break
             except OSError:
                 time.sleep(0.5)
-        for kind, (method, path, body, headers) in REQUESTS.items():
+        for kind, request in REQUESTS.items():
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-            def run(count):
-                for _ in range(count):
-                    conn.request(method, path, body=body, headers=headers)
-                    r = conn.getresponse()
-                    r.read()
-                    assert r.status == 202, f"{kind}: status {r.status}"
-
-            run(WARMUP)
+            send(conn, request, WARMUP)
             if MANGLED:
                 before = set(os.listdir(OUT))
                 control("--dump", proxy.pid)
                 os.rename(wait_new_dump(before), os.path.join(OUT, f"{kind}-startup.callgrind"))
             else:
                 control("--zero", proxy.pid)
-            run(N)
+            send(conn, request, N)
             before = set(os.listdir(OUT))
             control("--dump", proxy.pid)
             dump = wait_new_dump(before)

@@ -43,7 +43,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 
@@ -58,7 +57,13 @@ DEFAULT_BINARIES = [os.path.join(ROOT, "target", "release", "scp-auth-proxy"),
 BUILDS = """    cargo build --release
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu"""
 sys.path.insert(0, HERE)
-from benchkit import free_port, proxy_env, write_target_e_config  # noqa: E402
+from benchkit import free_port, proxy_env  # noqa: E402
+
+# The upstream, the configuration and the requests are callgrind.py's, as in footprint.py.
+# It reads its arguments when imported: give it neutral ones (nothing is created or run).
+_argv, sys.argv = sys.argv, [sys.argv[0], "-", "1", tempfile.gettempdir()]
+cg = __import__("callgrind")
+sys.argv = _argv
 
 
 def text_symbols(binary):
@@ -149,33 +154,21 @@ NGINX_LIKE_ANSWER = (b"HTTP/1.1 202 Accepted\r\nServer: nginx/1.22.1\r\n"
                      b'{"status":"accepted"}\n')
 
 
-def native_run(binary, work, tls):
+def native_run(binary, syms, work, tls):
     """The functions BINARY runs on this CPU, in the order of their first call, from start-up
     through callgrind.py's traffic, the admin endpoints and idle pauses (timers): a gdb
     breakpoint on every function, each removed at its first hit."""
-    sys.argv = [sys.argv[0], "-", "1", work]  # callgrind.py reads its arguments when imported
-    cg = __import__("callgrind")
     functions = os.path.join(work, "functions")
     with open(functions, "w") as f:
-        for addr, _, name in text_symbols(binary):
+        for addr, _, name in syms:
             f.write(f"{addr:x} {name}\n")
     script = os.path.join(work, "first-call.py")
     with open(script, "w") as f:
         f.write(GDB_SCRIPT)
     hits = os.path.join(work, f"hits-{int(tls)}")
-    up = socket.socket()
-    up.bind(("127.0.0.1", 0))
-    up.listen(64)
-    threading.Thread(target=cg.upstream, args=(up, cg.tls_context() if tls else None,
-                                               None if tls else NGINX_LIKE_ANSWER),
-                     daemon=True).start()
+    up = cg.start_upstream(tls, None if tls else NGINX_LIKE_ANSWER)
     port, admin = free_port(), free_port()
-    if tls:
-        ca = os.path.join(ROOT, "tests", "fixtures", "tls", "ca.pem")
-        config = write_target_e_config(work, port, admin, f"https://localhost:{up.getsockname()[1]}",
-                                       service_extra=f'ca_file = "{ca}"')
-    else:
-        config = write_target_e_config(work, port, admin, f"http://127.0.0.1:{up.getsockname()[1]}")
+    config = cg.proxy_config(work, port, admin, up.getsockname()[1], tls)
     env = dict(proxy_env(), SYMBOL_ORDER_HITS=hits, SYMBOL_ORDER_FUNCTIONS=functions)
     gdb = subprocess.Popen(["gdb", "-q", "-batch", "-x", script, "--args", binary, "--config",
                             config], env=env, stdout=open(os.path.join(work, "gdb.log"), "wb"),
@@ -197,13 +190,9 @@ def native_run(binary, work, tls):
             conn.getresponse().read()
             conn.close()
         for _ in range(3):
-            for method, path, body, headers in cg.REQUESTS.values():
+            for request in cg.REQUESTS.values():
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                for _ in range(50):
-                    conn.request(method, path, body=body, headers=headers)
-                    r = conn.getresponse()
-                    r.read()
-                    assert r.status == 202, f"{method} {path}: status {r.status}"
+                cg.send(conn, request, 50)
                 conn.close()
             # wrk's request: nothing but Host, several on one connection at once.
             with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
@@ -227,13 +216,14 @@ def ordering(binary, work):
     """BINARY's functions that ran natively, hottest (by callgrind's count) first, then by first
     call; then those that ran only under valgrind (fallbacks for CPUs without SHA-NI, AVX-512
     or VAES)."""
+    syms = text_symbols(binary)
     cost = callgrind_costs(callgrind_runs(binary, work), os.path.basename(binary))
     ran = []
     for tls in (False, True):
-        ran += [fn for fn in native_run(binary, work, tls) if fn not in ran]
+        ran += [fn for fn in native_run(binary, syms, work, tls) if fn not in ran]
     first = {fn: i for i, fn in enumerate(ran)}
     native = sorted(ran, key=lambda fn: (-cost.get(fn, 0), first[fn]))
-    names = {s[2] for s in text_symbols(binary)}
+    names = {s[2] for s in syms}
     return native + [fn for fn, _ in cost.most_common() if fn in names and fn not in first]
 
 
